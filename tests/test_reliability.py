@@ -1,0 +1,299 @@
+"""Nothing lost, nothing let in: restarts, buffers, back-pressure, bad input, rotation."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pika
+import pytest
+from cryptography.fernet import Fernet
+from miros import Event, return_status, signals, spy_on
+
+from miros_rabbitmq import (
+    BrokerAuthenticationError,
+    ConfigurationError,
+    NetworkedActiveObject,
+    load_settings,
+)
+from miros_rabbitmq.codec import Codec, Envelope
+from miros_rabbitmq.nets import MESH_EXCHANGE
+from miros_rabbitmq.network import read_hosts_file
+from miros_rabbitmq.testing import wait_for
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+from _fault_scenario import run_scenario  # noqa: E402
+
+EVENTS = int(os.environ.get("MIROS_RABBITMQ_FAULT_EVENTS", "50000"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@spy_on
+def idle(chart, e):
+    chart.temp.fun = chart.top
+    return return_status.SUPER
+
+
+def check(result) -> None:
+    for report in result.reports:
+        assert report.received == result.sent, report
+        assert report.missing == 0 and report.duplicates == 0 and report.out_of_order == 0, report
+
+
+# ------------------------------------------------------------------ delivery through restarts
+
+
+@pytest.mark.slow
+def test_receivers_broker_restarted_twice_loses_nothing(mesh_env, extra_rabbitmq_node) -> None:
+    node = extra_rabbitmq_node
+    local_port = int(os.environ.get("RABBIT_PORT", "5672"))
+
+    def restart() -> None:
+        node.stop_app()
+        node.start_app()
+
+    result = run_scenario(events=EVENTS, sender_port=local_port, receiver_ports=[node.port],
+                          restart=restart, restarts=2)
+    check(result)
+    assert result.sender_stats["dropped_overflow"] == 0
+
+
+@pytest.mark.slow
+def test_senders_broker_restarted_twice_loses_nothing(mesh_env, extra_rabbitmq_node) -> None:
+    node = extra_rabbitmq_node
+    local_port = int(os.environ.get("RABBIT_PORT", "5672"))
+
+    def restart() -> None:
+        node.stop_app()
+        node.start_app()
+
+    # the sender lives on the restarted broker, with one receiver beside it
+    # and one on the other broker
+    result = run_scenario(events=EVENTS, sender_port=node.port,
+                          receiver_ports=[node.port, local_port], restart=restart, restarts=2)
+    check(result)
+
+
+# ------------------------------------------------------------------ buffers and reports
+
+
+def test_full_buffer_drops_new_messages_and_reports_them(mesh_env, caplog) -> None:
+    overflows: list[tuple[str, int]] = []
+    dead_port = free_port()
+    chart = NetworkedActiveObject(
+        f"overflow_{uuid.uuid4().hex[:6]}", tx_routing_key="o.tx", rx_routing_key="o.none",
+        peers=[f"127.0.0.1:{dead_port}"], lan_discovery=False, max_buffer=100,
+        on_overflow=lambda url, dropped: overflows.append((url, dropped)))
+    caplog.set_level(logging.WARNING, logger="miros_rabbitmq")
+    chart.start_at(idle)
+    try:
+        for n in range(150):
+            chart.transmit(Event(signal=signals.mesh_hello, payload=n))
+        stats = chart.nets.stats()
+        dead = stats["peers"][next(url for url in stats["peers"] if str(dead_port) in url)]
+        assert dead["buffered"] == 100 and dead["dropped_overflow"] == 50
+        assert dead["connected"] is False and "no TCP connection" in (dead["last_error"] or "")
+        assert len(overflows) == 50 and overflows[-1][1] == 50 and str(dead_port) in overflows[-1][0]
+        assert "is full" in caplog.text
+        assert stats["confirmed"] >= 1  # the local broker took its copies all the same
+    finally:
+        chart.stop()
+
+
+def test_stats_count_what_happened(mesh_env) -> None:
+    received: list[object] = []
+
+    @spy_on
+    def listening(chart, e):
+        if e.signal == signals.mesh_hello:
+            received.append(e.payload)
+            return return_status.HANDLED
+        chart.temp.fun = chart.top
+        return return_status.SUPER
+
+    sender = NetworkedActiveObject(f"st_tx_{uuid.uuid4().hex[:6]}", tx_routing_key="st.tx",
+                                   rx_routing_key="st.none", peers=[], lan_discovery=False)
+    receiver = NetworkedActiveObject(f"st_rx_{uuid.uuid4().hex[:6]}", tx_routing_key="st.none",
+                                     rx_routing_key="st.tx", peers=[], lan_discovery=False)
+    sender.start_at(idle)
+    receiver.start_at(listening)
+    try:
+        for n in range(10):
+            sender.transmit(Event(signal=signals.mesh_hello, payload=n))
+        wait_for(lambda: len(received) == 10, timeout=5)
+        wait_for(lambda: sender.nets.stats()["confirmed"] == 10, timeout=5)
+        tx, rx = sender.nets.stats(), receiver.nets.stats()
+        assert tx["transmitted"] == 10 and tx["buffered"] == 0 and tx["dropped"] == {}
+        assert rx["delivered"] == 10 and rx["duplicates"] == 0
+        assert set(tx) >= {"transmitted", "confirmed", "buffered", "delivered", "dropped",
+                           "reconnects", "peers", "dropped_overflow"}
+    finally:
+        sender.stop()
+        receiver.stop()
+
+
+def test_slow_chart_gets_back_pressure_not_silent_drops(mesh_env) -> None:
+    """miros drops the oldest event beyond 500 queued; the network must wait instead."""
+    received: list[int] = []
+
+    @spy_on
+    def slow(chart, e):
+        if e.signal == signals.mesh_hello:
+            time.sleep(0.001)
+            received.append(e.payload)
+            return return_status.HANDLED
+        chart.temp.fun = chart.top
+        return return_status.SUPER
+
+    sender = NetworkedActiveObject(f"bp_tx_{uuid.uuid4().hex[:6]}", tx_routing_key="bp.tx",
+                                   rx_routing_key="bp.none", peers=[], lan_discovery=False)
+    receiver = NetworkedActiveObject(f"bp_rx_{uuid.uuid4().hex[:6]}", tx_routing_key="bp.none",
+                                     rx_routing_key="bp.tx", peers=[], lan_discovery=False)
+    sender.start_at(idle)
+    receiver.start_at(slow)
+    try:
+        for n in range(2000):
+            sender.transmit(Event(signal=signals.mesh_hello, payload=n))
+        wait_for(lambda: len(received) == 2000, timeout=30)
+        assert received == list(range(2000))
+        assert max(len(receiver.locking_deque.deque), 0) < 500
+    finally:
+        sender.stop()
+        receiver.stop()
+
+
+# ------------------------------------------------------------------ clear errors
+
+
+def test_wrong_password_is_a_clear_error_at_start(mesh_env, monkeypatch) -> None:
+    monkeypatch.setenv("RABBIT_PASSWORD", "not-the-password-42")
+    chart = NetworkedActiveObject("wrongpw", tx_routing_key="a", rx_routing_key="b",
+                                  peers=[], lan_discovery=False)
+    started = time.monotonic()
+    with pytest.raises(BrokerAuthenticationError) as raised:
+        chart.start_at(idle)
+    assert time.monotonic() - started < 3
+    text = str(raised.value)
+    assert "refused user" in text and "RABBIT_PASSWORD" in text
+    assert "not-the-password-42" not in text and raised.value.__cause__ is None
+
+
+def test_unreachable_local_broker_does_not_hang_start(mesh_env, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="miros_rabbitmq")
+    chart = NetworkedActiveObject("nobroker", tx_routing_key="a", rx_routing_key="b", peers=[],
+                                  lan_discovery=False, rabbit_port=free_port())
+    started = time.monotonic()
+    chart.start_at(idle)
+    try:
+        assert time.monotonic() - started < 7
+        assert "no TCP connection" in caplog.text and "retrying" in caplog.text
+        chart.transmit(Event(signal=signals.mesh_hello, payload=1))  # buffered, never blocks
+        assert chart.nets.stats()["buffered"] == 1
+    finally:
+        chart.stop()
+
+
+def test_malformed_env_and_hosts_files_name_the_cause(mesh_env, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("RABBIT_PORT", "fifty")
+    with pytest.raises(ConfigurationError, match="RABBIT_PORT"):
+        load_settings()
+    monkeypatch.setenv("RABBIT_PORT", "5672")
+    hosts = tmp_path / "hosts.json"
+    hosts.write_text('{"hosts": ["10.0.0.1", ')
+    with pytest.raises(ConfigurationError, match="hosts.json"):
+        read_hosts_file(str(hosts))
+    hosts.write_text('{"hosts": "10.0.0.1"}')
+    with pytest.raises(ConfigurationError, match="expected"):
+        read_hosts_file(str(hosts))
+
+
+# ------------------------------------------------------------------ hostile input over the wire
+
+
+def _publish_raw(bodies: list[bytes], routing_key: str) -> None:
+    connection = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", int(os.environ.get("RABBIT_PORT", "5672")),
+        credentials=pika.PlainCredentials(os.environ["RABBIT_USER"], os.environ["RABBIT_PASSWORD"])))
+    try:
+        channel = connection.channel()
+        for body in bodies:
+            channel.basic_publish(MESH_EXCHANGE, routing_key, body)
+    finally:
+        connection.close()
+
+
+def test_replays_and_oversized_messages_are_dropped_by_reason(mesh_env) -> None:
+    received: list[object] = []
+
+    @spy_on
+    def listening(chart, e):
+        if e.signal == signals.mesh_hello:
+            received.append(e.payload)
+            return return_status.HANDLED
+        chart.temp.fun = chart.top
+        return return_status.SUPER
+
+    receiver = NetworkedActiveObject(f"hostile_{uuid.uuid4().hex[:6]}", tx_routing_key="h.none",
+                                     rx_routing_key="h.tx", peers=[], lan_discovery=False,
+                                     max_message_bytes=10_000)
+    receiver.start_at(listening)
+    try:
+        key = os.environ["MESH_ENCRYPTION_KEY"].encode()
+        codec = Codec([key])
+        fresh = codec.encode(Envelope("mesh_hello", "once", "attacker.copy", 7))
+        plaintext = Fernet(key).decrypt(fresh)
+        stale = Fernet(key).encrypt_at_time(plaintext.replace(b'"n":7', b'"n":8'),
+                                            int(time.time()) - 3600)
+        huge = codec.encode(Envelope("mesh_hello", "x" * 20_000, "attacker.copy", 9))
+        _publish_raw([fresh, fresh, stale, huge], "h.tx")
+        wait_for(lambda: receiver.nets.stats()["duplicates"] == 1
+                 and sum(receiver.nets.drops.counts.values()) == 2, timeout=5)
+        assert received == ["once"]
+        assert receiver.nets.drops.counts["mesh.expired"] == 1
+        assert receiver.nets.drops.counts["mesh.too_large"] == 1
+    finally:
+        receiver.stop()
+
+
+def test_keys_rotate_at_run_time_without_downtime(mesh_env) -> None:
+    old, new = os.environ["MESH_ENCRYPTION_KEY"], Fernet.generate_key().decode()
+    received: list[object] = []
+
+    @spy_on
+    def listening(chart, e):
+        if e.signal == signals.mesh_hello:
+            received.append(e.payload)
+            return return_status.HANDLED
+        chart.temp.fun = chart.top
+        return return_status.SUPER
+
+    receiver = NetworkedActiveObject(f"rot_rx_{uuid.uuid4().hex[:6]}", tx_routing_key="r.none",
+                                     rx_routing_key="r.tx", peers=[], lan_discovery=False)
+    sender = NetworkedActiveObject(f"rot_tx_{uuid.uuid4().hex[:6]}", tx_routing_key="r.tx",
+                                   rx_routing_key="r.none", peers=[], lan_discovery=False)
+    receiver.start_at(listening)
+    sender.start_at(idle)
+    try:
+        receiver.nets.set_keys("mesh", [old, new])  # step 1: everyone accepts the new key
+        sender.transmit(Event(signal=signals.mesh_hello, payload="old key"))
+        sender.nets.set_keys("mesh", [new, old])  # step 2: senders switch to it
+        sender.transmit(Event(signal=signals.mesh_hello, payload="new key"))
+        wait_for(lambda: len(received) == 2, timeout=5)
+        receiver.nets.set_keys("mesh", [new])  # step 3: the old key retires
+        sender.nets.set_keys("mesh", [old])
+        sender.transmit(Event(signal=signals.mesh_hello, payload="retired key"))
+        wait_for(lambda: receiver.nets.drops.counts["mesh.bad_key"] == 1, timeout=5)
+        assert received == ["old key", "new key"]
+    finally:
+        sender.stop()
+        receiver.stop()
