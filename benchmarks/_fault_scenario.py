@@ -76,8 +76,8 @@ def receive_main(argv: list[str]) -> None:
     stopper.start()
     done.wait()
     unique = set(seen)
-    order_breaks = sum(1 for a, b in zip(seen, seen[1:]) if b <= a)
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    order_breaks = sum(1 for a, b in zip(seen, seen[1:], strict=False) if b <= a)
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
     report = ReceiverReport(
         name=args.name, received=len(seen), duplicates=len(seen) - len(unique),
         out_of_order=order_breaks, missing=args.expected - len(unique & set(range(args.expected))),

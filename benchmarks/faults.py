@@ -27,8 +27,8 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 
-from cryptography.fernet import Fernet  # noqa: E402
 from _fault_scenario import run_scenario  # noqa: E402
+from cryptography.fernet import Fernet  # noqa: E402
 
 from miros_rabbitmq.testing import RabbitNode  # noqa: E402
 
@@ -65,7 +65,7 @@ def main() -> int:
             result = run_scenario(events=args.events, restart=restart, restarts=args.restarts,
                                   slow=args.slow, **ports)
             wall = time.monotonic() - started
-            for report, port in zip(result.reports, ports["receiver_ports"]):
+            for report, port in zip(result.reports, ports["receiver_ports"], strict=True):
                 where = "restarted" if port == node.port else "other"
                 print(f"{label:30} {where:>11} {result.sent:7d} {report.received:9d} "
                       f"{report.missing:5d} {report.duplicates:4d} {report.out_of_order:5d} "

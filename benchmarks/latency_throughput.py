@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import statistics
 import sys
 import time
 import uuid
@@ -107,10 +106,10 @@ def run_chart_row(latency_events: int, throughput_events: int) -> dict[str, floa
         sender.transmit(Event(signal=signals.BENCH, payload=(time.monotonic(), throughput_events)))
     send_seconds = time.monotonic() - start
     try:
-        kind, (first, last, count) = results.get(timeout=120)
+        kind, (_first, last, count) = results.get(timeout=120)
     except Exception as error:
         print(f"throughput phase did not finish: {error!r}", file=sys.stderr)
-        first, last, count = start, time.monotonic(), 0
+        last, count = time.monotonic(), 0
     stop.set()
     receiver.join(30)
     sender.stop()

@@ -1,0 +1,8 @@
+"""Compatibility import path of the seed: ``from miros_rabbitmq.cache import CacheFileChart``."""
+
+from __future__ import annotations
+
+from .cache_file_chart import CacheFileChart
+from .payloads import CacheReadPayload, CacheWritePayload
+
+__all__ = ["CacheFileChart", "CacheReadPayload", "CacheWritePayload"]

@@ -1,0 +1,363 @@
+"""MirosNets: the three encrypted networks of one chart, and its peers.
+
+A chart's ``MirosNets`` holds one :class:`Network` per network (mesh, snoop
+trace, snoop spy: an exchange and a :class:`~miros_rabbitmq.codec.Codec`), a
+consumer on the local broker, and one :class:`~miros_rabbitmq.transport.BrokerLink`
+per peer broker (shared with every other chart of the process through
+:data:`~miros_rabbitmq.transport.LINKS`). It knows nothing of miros: the chart
+gives it a ``deliver(envelope) -> bool`` callable and calls :meth:`transmit`.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from . import challenge
+from .codec import DEFAULT_MAX_MESSAGE_BYTES, JSON, PICKLE, Codec, Envelope, Serializer
+from .config import Secret, Settings
+from .errors import BrokerAuthenticationError, DecodeError, PeerAddressError
+from .transport import LINKS, BrokerAddress, BrokerLink, Consumer, parse_peer
+
+__all__ = [
+    "MirosNets",
+    "Network",
+    "MESH_EXCHANGE",
+    "SNOOP_TRACE_EXCHANGE",
+    "SNOOP_SPY_EXCHANGE",
+    "SNOOP_TRACE_ROUTING_KEY",
+    "SNOOP_SPY_ROUTING_KEY",
+]
+
+logger = logging.getLogger(__name__)
+
+MESH_EXCHANGE = "miros.mesh.exchange"
+SNOOP_TRACE_EXCHANGE = "miros.snoop.trace.exchange"
+SNOOP_SPY_EXCHANGE = "miros.snoop.spy.exchange"
+SNOOP_TRACE_ROUTING_KEY = "snoop.trace"
+SNOOP_SPY_ROUTING_KEY = "snoop.spy"
+EXCHANGES = (
+    (MESH_EXCHANGE, "topic"),
+    (SNOOP_TRACE_EXCHANGE, "topic"),
+    (SNOOP_SPY_EXCHANGE, "topic"),
+)
+
+DEFAULT_QUEUE_EXPIRES_MS = 10 * 60 * 1000  # an abandoned chart queue lives 10 min
+DEFAULT_QUEUE_MAX_LENGTH = 100_000
+DEDUP_SENDERS = 4096  # senders remembered by the duplicate filter
+DROP_LOG_INTERVAL = 60.0
+
+
+@dataclass
+class Network:
+    """One encrypted topic network: where it publishes and how it encodes."""
+
+    name: str
+    exchange: str
+    codec: Codec
+    routing_key: str
+
+
+class DropCounter:
+    """Counts dropped messages by reason; logs each reason at most once a minute."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._last_log: dict[str, float] = {}
+
+    def drop(self, network: str, reason: str) -> None:
+        key = f"{network}.{reason}"
+        self.counts[key] += 1
+        now = time.monotonic()
+        if now - self._last_log.get(key, -DROP_LOG_INTERVAL) >= DROP_LOG_INTERVAL:
+            self._last_log[key] = now
+            logger.warning("%s: dropped a %s message (%s); %d so far, logged once a minute",
+                           self.owner, network, reason, self.counts[key])
+
+
+class MirosNets:
+    """The networks, peers and counters of one networked chart."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        settings: Settings,
+        tx_routing_key: str,
+        rx_routing_key: str | Iterable[str],
+        deliver: Callable[[Envelope], bool],
+        peers: Iterable[str] = (),
+        serializer: Serializer = PICKLE,
+        ttl: int | None = None,
+        max_buffer: int = 10_000,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        queue_expires_ms: int = DEFAULT_QUEUE_EXPIRES_MS,
+        on_overflow: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.tx_routing_key = tx_routing_key
+        self.rx_routing_keys = (
+            (rx_routing_key,) if isinstance(rx_routing_key, str) else tuple(rx_routing_key))
+        self.identity = f"{name}.{uuid.uuid4().hex[:12]}"
+        self.origin = f"{settings.rabbit_host}:{settings.rabbit_port}"
+        self.max_buffer = max_buffer
+        self.queue_expires_ms = queue_expires_ms
+        self.drops = DropCounter(name)
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.on_overflow = on_overflow
+        limits = {"ttl": ttl, "max_message_bytes": max_message_bytes}
+        # snoop lines are plain data: their networks use the JSON serializer,
+        # which never runs code on load, whatever the mesh uses
+        self.networks = {
+            "mesh": Network("mesh", MESH_EXCHANGE,
+                            Codec(settings.mesh_keys, serializer=serializer, **limits),
+                            tx_routing_key),
+            "snoop_trace": Network("snoop_trace", SNOOP_TRACE_EXCHANGE,
+                                   Codec(settings.snoop_trace_keys, serializer=JSON, **limits),
+                                   SNOOP_TRACE_ROUTING_KEY),
+            "snoop_spy": Network("snoop_spy", SNOOP_SPY_EXCHANGE,
+                                 Codec(settings.snoop_spy_keys, serializer=JSON, **limits),
+                                 SNOOP_SPY_ROUTING_KEY),
+        }
+        self._deliver = deliver
+        self._seq = itertools.count(1)
+        self._send_lock = threading.Lock()
+        self._peers_lock = threading.Lock()
+        self._peers: dict[tuple[str, int, str, str], BrokerLink] = {}
+        self._last_seq: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._initial_peers = list(peers)
+        self.local_address = BrokerAddress(settings.rabbit_host, settings.rabbit_port,
+                                           settings.rabbit_vhost, settings.rabbit_user,
+                                           settings.rabbit_password)
+        self.local_link: BrokerLink | None = None
+        self.consumer: Consumer | None = None
+        self._local_consumers: list[Consumer] = []
+        self._started = False
+        self._stopped = False
+
+    def __repr__(self) -> str:
+        return (f"MirosNets(name={self.name!r}, local={self.local_address.url!r}, "
+                f"peers={len(self._peers)})")
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self, *, timeout: float = 5.0) -> bool:
+        """Connect, start consuming; True when the consumer is ready within ``timeout``.
+
+        Never blocks longer than ``timeout``: a broker that is not there yet is
+        retried in the background and events flow once it answers.
+        """
+        if self._started:
+            return self.consumer is not None and self.consumer.ready.is_set()
+        self._started = True
+        self.local_link = self._acquire(self.local_address)
+        self.consumer = Consumer(
+            exchange=MESH_EXCHANGE,
+            routing_keys=self.rx_routing_keys,
+            on_message=self._on_mesh_message,
+            queue=f"miros.mesh.{self.identity}",
+            durable=True,
+            expires_ms=self.queue_expires_ms,
+        )
+        self.local_link.add_consumer(self.consumer)
+        challenge.install_responder(self)  # answers scouts that hold our mesh key
+        for entry in self._initial_peers:
+            self.add_peer(entry)
+        deadline = time.monotonic() + timeout
+        while not (ready := self.consumer.ready.wait(0.02)):
+            failures = self.local_link.stats.connect_failures  # read before auth_failed
+            if self.local_link.auth_failed.is_set():
+                address, user = self.local_address, self.settings.rabbit_user
+                self.stop(flush_timeout=0)
+                raise BrokerAuthenticationError(
+                    f"{address}: the broker refused user {user!r}; check RABBIT_USER and "
+                    "RABBIT_PASSWORD in your .env")
+            if time.monotonic() >= deadline or failures:
+                break  # a refused or unreachable broker: say so now, retry in the background
+        if not ready:
+            logger.warning("%s: local broker %s is not answering (%s); the chart starts "
+                           "anyway and its events flow once the broker does; retrying in "
+                           "the background", self.name, self.local_address,
+                           self.local_link.last_error or "no answer yet")
+        return ready
+
+    def stop(self, *, flush_timeout: float = 2.0) -> None:
+        """Stop consuming, flush what is buffered (bounded) and release every link."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.local_link is not None:
+            for consumer in [self.consumer, *self._local_consumers]:
+                if consumer is not None:
+                    self.local_link.remove_consumer(consumer, delete_queue=True)
+        with self._peers_lock:
+            links = list(self._peers.values())
+            self._peers.clear()
+        for link in links:
+            self._release(link, flush_timeout=flush_timeout)
+        if self.local_link is not None:
+            self._release(self.local_link, flush_timeout=flush_timeout)
+
+    def add_local_consumer(self, consumer: Consumer) -> None:
+        """Consume another queue on the local broker (snoop printers, challenge
+        responder); it is removed, and its queue deleted, when the nets stop."""
+        if self.local_link is None:
+            raise RuntimeError("start() the nets before adding consumers")
+        self._local_consumers.append(consumer)
+        self.local_link.add_consumer(consumer)
+
+    def remove_local_consumer(self, consumer: Consumer) -> None:
+        if consumer in self._local_consumers and self.local_link is not None:
+            self._local_consumers.remove(consumer)
+            self.local_link.remove_consumer(consumer, delete_queue=True)
+
+    def _acquire(self, address: BrokerAddress) -> BrokerLink:
+        link = LINKS.acquire(address, heartbeat=self.settings.heartbeat,
+                             max_buffer=self.max_buffer, exchanges=EXCHANGES)
+        if self.on_overflow is not None:
+            link.overflow_listeners.append(self._overflowed)
+        return link
+
+    def _release(self, link: BrokerLink, *, flush_timeout: float) -> None:
+        if self._overflowed in link.overflow_listeners:
+            link.overflow_listeners.remove(self._overflowed)
+        LINKS.release(link, flush_timeout=flush_timeout)
+
+    def _overflowed(self, address: BrokerAddress, dropped: int) -> None:
+        if self.on_overflow is not None:
+            self.on_overflow(address.url, dropped)
+
+    # ------------------------------------------------------------------ peers
+    def add_peer(self, entry: str | BrokerAddress) -> BrokerAddress | None:
+        """Start publishing to a peer broker; None if it was known already.
+
+        Thread-safe; a bad entry is logged and ignored (returns None).
+        """
+        try:
+            address = entry if isinstance(entry, BrokerAddress) else parse_peer(entry, self.settings)
+        except PeerAddressError as error:
+            logger.warning("%s: ignoring peer: %s", self.name, error)
+            return None
+        key = address.identity()
+        if self.local_link is not None and key == self.local_link.identity:
+            return None  # the local broker is always a peer already
+        with self._peers_lock:
+            if key in self._peers or self._stopped:
+                return None
+            self._peers[key] = self._acquire(address)
+        logger.info("%s: publishing to peer %s", self.name, address)
+        return address
+
+    def remove_peer(self, entry: str | BrokerAddress) -> bool:
+        """Stop publishing to a peer broker (thread-safe); True if it was a peer."""
+        try:
+            address = entry if isinstance(entry, BrokerAddress) else parse_peer(entry, self.settings)
+        except PeerAddressError:
+            return False
+        with self._peers_lock:
+            link = self._peers.pop(address.identity(), None)
+        if link is None:
+            return False
+        self._release(link, flush_timeout=0)
+        logger.info("%s: retired peer %s", self.name, address)
+        return True
+
+    def links(self) -> list[BrokerLink]:
+        """The local link first, then every peer's."""
+        with self._peers_lock:
+            peers = list(self._peers.values())
+        return ([self.local_link] if self.local_link is not None else []) + peers
+
+    def this_url(self) -> str:
+        return self.local_address.url
+
+    def other_urls(self) -> list[str]:
+        with self._peers_lock:
+            return [link.address.url for link in self._peers.values()]
+
+    # ------------------------------------------------------------------ sending
+    def transmit(self, signal_name: str, payload: Any, *, network: str = "mesh",
+                 routing_key: str | None = None) -> int:
+        """Encode once, publish to every broker; returns how many links took it.
+
+        Raises :class:`~miros_rabbitmq.errors.SerializationError` if the payload
+        cannot be serialized; never blocks on the network.
+        """
+        net = self.networks[network]
+        droppable = network != "mesh"
+        taken = 0
+        with self._send_lock:  # one sender's messages keep their order on every link
+            envelope = Envelope(signal_name, payload, self.identity, next(self._seq), self.origin)
+            token = net.codec.encode(envelope)
+            for link in self.links():
+                if link.publish(net.exchange, routing_key or net.routing_key, token,
+                                persistent=not droppable, droppable=droppable):
+                    taken += 1
+        self.counts[f"{network}.transmitted"] += 1
+        return taken
+
+    # ------------------------------------------------------------------ receiving
+    def _on_mesh_message(self, body: bytes) -> bool:
+        """I/O thread: authenticate, filter, hand to the chart. False = no room."""
+        try:
+            envelope = self.networks["mesh"].codec.decode(body)
+        except DecodeError as error:
+            self.drops.drop("mesh", error.reason)
+            return True
+        if envelope.sender == self.identity:
+            self.counts["mesh.own"] += 1  # a chart never receives its own transmissions
+            return True
+        last = self._last_seq.get(envelope.sender)
+        if last is not None and envelope.seq <= last:
+            self.counts["mesh.duplicate"] += 1
+            return True
+        if not self._deliver(envelope):
+            return False
+        self._last_seq[envelope.sender] = envelope.seq
+        self._last_seq.move_to_end(envelope.sender)
+        if len(self._last_seq) > DEDUP_SENDERS:
+            self._last_seq.popitem(last=False)
+        self.counts["mesh.delivered"] += 1
+        return True
+
+    # ------------------------------------------------------------------ observing
+    def stats(self) -> dict[str, Any]:
+        """Counters: transmitted, delivered, dropped by reason, and per peer link."""
+        peers = {}
+        for link in self.links():
+            stats = link.stats
+            peers[link.address.url] = {
+                "connected": link.connected.is_set(),
+                "published": stats.published,
+                "confirmed": stats.confirmed,
+                "buffered": link.buffered,
+                "resent": stats.resent,
+                "dropped_overflow": stats.dropped_overflow,
+                "dropped_snoop": stats.dropped_snoop,
+                "reconnects": stats.reconnects,
+                "last_error": link.last_error,
+            }
+        return {
+            "transmitted": self.counts["mesh.transmitted"],
+            "delivered": self.counts["mesh.delivered"],
+            "duplicates": self.counts["mesh.duplicate"],
+            "own": self.counts["mesh.own"],
+            "dropped": dict(self.drops.counts),
+            "confirmed": sum(p["confirmed"] for p in peers.values()),
+            "buffered": sum(p["buffered"] for p in peers.values()),
+            "dropped_overflow": sum(p["dropped_overflow"] for p in peers.values()),
+            "reconnects": sum(p["reconnects"] for p in peers.values()),
+            "peers": peers,
+        }
+
+    def set_keys(self, network: str, keys: Iterable[str | bytes | Secret]) -> None:
+        """Rotate a network's keys at run time: the first encrypts, all decrypt."""
+        self.networks[network].codec.set_keys(list(keys))

@@ -1,0 +1,1234 @@
+"""The AMQP edge: the only module that imports pika.
+
+One :class:`BrokerLink` per broker per process, shared by every chart and
+every network of that process (refcounted in :data:`LINKS`). A link owns one
+TCP connection, two channels (publishing in confirm mode, consuming) and one
+I/O thread running pika's select loop. Other threads hand it work through
+:meth:`BrokerLink.publish` and :meth:`BrokerLink.call_soon`, which wake the
+loop through pika's thread-safe callback pipe: nothing on the send or receive
+path sleeps or polls.
+
+Delivery guarantees at this layer:
+
+* publishing: a message stays in the link's buffer until the broker confirmed
+  it; on a lost connection the unconfirmed ones go back to the front of the
+  buffer and are sent again, in order, after the reconnect;
+* consuming: a delivery is acked only after the consumer callback accepted
+  it; a callback that says "no room" parks the delivery (prefetch bounds how
+  many) until :meth:`Consumer.resume` is called.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import ipaddress
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ifaddr
+import pika
+import pika.exceptions
+from pika.adapters.select_connection import IOLoop
+from pika.adapters.utils.connection_workflow import (
+    AMQPConnectionWorkflowFailed,
+    AMQPConnectorAMQPHandshakeError,
+    AMQPConnectorSocketConnectError,
+)
+from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
+
+from .config import Secret, Settings, mask_url
+from .errors import PeerAddressError
+
+__all__ = [
+    "BrokerAddress",
+    "BrokerLink",
+    "Consumer",
+    "LinkRegistry",
+    "LINKS",
+    "parse_peer",
+    "Responder",
+    "Probe",
+    "ProbeResult",
+    "Prober",
+    "PROBER",
+    "probe",
+]
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_MIN_DELAY = 0.1
+RECONNECT_MAX_DELAY = 10.0
+DEFAULT_MAX_BUFFER = 10_000
+
+_PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/x-miros-rabbitmq")
+_TRANSIENT = pika.BasicProperties(delivery_mode=1, content_type="application/x-miros-rabbitmq")
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where a broker is and how to log in. ``str()`` never shows the password."""
+
+    host: str
+    port: int
+    vhost: str
+    user: str
+    password: Secret = field(compare=False)
+
+    @property
+    def url(self) -> str:
+        """The AMQP URL with the password masked (for logs and display)."""
+        return mask_url(self._url(self.password.reveal()))
+
+    def secret_url(self) -> str:
+        """The AMQP URL with the password: hand it to a client, never to a log."""
+        return self._url(self.password.reveal())
+
+    def _url(self, password: str) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        vhost = urllib.parse.quote(self.vhost, safe="")
+        user = urllib.parse.quote(self.user, safe="")
+        return f"amqp://{user}:{urllib.parse.quote(password, safe='')}@{host}:{self.port}/{vhost}"
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"BrokerAddress({self.url!r})"
+
+    @property
+    def hostport(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def identity(self) -> tuple[str, int, str, str]:
+        """A key equal for two addresses that reach the same broker as the same user.
+
+        ``localhost``, ``127.0.0.1``, ``::1`` and this machine's own interface
+        addresses are one broker; a hostname is resolved to its address.
+        """
+        return (_canonical_ip(self.host), self.port, self.vhost, self.user)
+
+
+def parse_peer(entry: str, settings: Settings) -> BrokerAddress:
+    """Parse ``host``, ``host:port``, ``[v6]:port`` or ``amqp://user:pass@host:port/vhost``.
+
+    Missing parts come from ``settings``. Raises :class:`PeerAddressError`.
+    """
+    text = str(entry).strip()
+    if not text:
+        raise PeerAddressError("empty peer address")
+    if "://" in text:
+        parsed = urllib.parse.urlsplit(text)
+        if parsed.scheme not in ("amqp", "amqps") or not parsed.hostname:
+            raise PeerAddressError(f"not an amqp:// URL: {mask_url(text)}")
+        try:
+            port = parsed.port or settings.rabbit_port
+        except ValueError:
+            raise PeerAddressError(f"bad port in {mask_url(text)}") from None
+        vhost = urllib.parse.unquote(parsed.path[1:]) if len(parsed.path) > 1 else settings.rabbit_vhost
+        user = urllib.parse.unquote(parsed.username) if parsed.username else settings.rabbit_user
+        password = (Secret(urllib.parse.unquote(parsed.password)) if parsed.password is not None
+                    else settings.rabbit_password)
+        return BrokerAddress(parsed.hostname, port, vhost, user, password)
+    host, port = text, settings.rabbit_port
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest.startswith(":"):
+            port = _port(rest[1:], text)
+    elif text.count(":") == 1:
+        host, _, raw_port = text.partition(":")
+        port = _port(raw_port, text)
+    if not host or any(c.isspace() for c in host) or "/" in host:
+        raise PeerAddressError(f"not a host, host:port or amqp:// URL: {text!r}")
+    return BrokerAddress(host, port, settings.rabbit_vhost, settings.rabbit_user,
+                         settings.rabbit_password)
+
+
+def _port(raw: str, text: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        raise PeerAddressError(f"bad port in {text!r}") from None
+    if not 0 < port < 65536:
+        raise PeerAddressError(f"port out of range in {text!r}")
+    return port
+
+
+_local_ips: frozenset[str] | None = None
+
+
+def local_addresses() -> frozenset[str]:
+    """This machine's (this network namespace's) own interface addresses."""
+    global _local_ips
+    if _local_ips is None:
+        found: set[str] = set()
+        try:
+            for adapter in ifaddr.get_adapters():
+                for ip in adapter.ips:
+                    found.add(ip.ip if isinstance(ip.ip, str) else ip.ip[0])
+        except Exception:  # pragma: no cover - exotic platforms
+            logger.debug("could not list interface addresses", exc_info=True)
+        _local_ips = frozenset(found)
+    return _local_ips
+
+
+def _canonical_ip(host: str) -> str:
+    try:
+        ip = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
+    except (OSError, UnicodeError):
+        return host.lower()
+    try:
+        parsed = ipaddress.ip_address(ip.split("%")[0])
+    except ValueError:
+        return ip
+    if parsed.is_loopback or ip in local_addresses():
+        return "local"
+    return str(parsed)
+
+
+# --------------------------------------------------------------------------- consumers
+
+ACCEPTED = True
+NO_ROOM = False
+
+
+class Consumer:
+    """One queue on a link, bound to an exchange, delivering on the link's I/O thread.
+
+    ``on_message(body) -> bool``: True when the message was taken (or is to be
+    discarded): it is acked. False when the receiver has no room: the delivery
+    is parked, unacked, and tried again on :meth:`resume`.
+    """
+
+    def __init__(
+        self,
+        *,
+        exchange: str,
+        routing_keys: Iterable[str],
+        on_message: Callable[[bytes], bool],
+        queue: str = "",
+        exchange_type: str = "topic",
+        durable: bool = False,
+        expires_ms: int | None = None,
+        prefetch: int = 256,
+    ) -> None:
+        self.exchange = exchange
+        self.exchange_type = exchange_type
+        self.routing_keys = tuple(routing_keys)
+        self.on_message = on_message
+        self.queue = queue
+        self.durable = durable
+        self.expires_ms = expires_ms
+        self.prefetch = prefetch
+        self.ready = threading.Event()
+        self.link: BrokerLink | None = None
+        self._parked: collections.deque[tuple[Any, int, bytes]] = collections.deque()
+        self._channel: Any = None
+        self._tag: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Consumer(queue={self.queue!r}, exchange={self.exchange!r}, keys={self.routing_keys!r})"
+
+    def resume(self) -> None:
+        """Thread-safe: the receiver has room again; deliver what was parked."""
+        link = self.link
+        if link is not None:  # not "and self._parked": the park may be a moment away
+            link.call_soon(self._drain_parked)
+
+    # -- I/O thread only
+    def _deliver(self, channel: Any, method: Any, _properties: Any, body: bytes) -> None:
+        if self._parked:
+            self._parked.append((channel, method.delivery_tag, body))
+            return
+        if self._call(body):
+            channel.basic_ack(method.delivery_tag)
+        else:
+            self._parked.append((channel, method.delivery_tag, body))
+
+    def _drain_parked(self) -> None:
+        while self._parked:
+            channel, tag, body = self._parked[0]
+            if channel is not self._channel or not channel.is_open:
+                self._parked.popleft()  # the broker redelivers what a dead channel held
+                continue
+            if not self._call(body):
+                return
+            self._parked.popleft()
+            channel.basic_ack(tag)
+
+    def _call(self, body: bytes) -> bool:
+        try:
+            return bool(self.on_message(body))
+        except Exception:  # a receiver bug must not kill the I/O thread
+            logger.exception("consumer of %s raised; message dropped", self.queue)
+            return True
+
+
+# --------------------------------------------------------------------------- links
+
+
+@dataclass
+class _Outgoing:
+    exchange: str
+    routing_key: str
+    body: bytes
+    persistent: bool
+
+
+@dataclass
+class LinkStats:
+    published: int = 0
+    confirmed: int = 0
+    nacked: int = 0
+    resent: int = 0
+    dropped_overflow: int = 0
+    dropped_snoop: int = 0
+    reconnects: int = 0
+    connect_failures: int = 0
+
+
+class BrokerLink:
+    """One connection to one broker, its I/O thread, its outgoing buffer."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        *,
+        heartbeat: int = 30,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+        exchanges: Iterable[tuple[str, str]] = (),
+        identity: tuple[str, int, str, str] | None = None,
+    ) -> None:
+        self.address = address
+        self.heartbeat = heartbeat
+        self.max_buffer = max_buffer
+        self.droppable_limit = max(64, max_buffer // 10)
+        self.overflow_listeners: list[Callable[[BrokerAddress, int], None]] = []
+        self._last_overflow_log = float("-inf")
+        self.auth_failed = threading.Event()
+        self.stats = LinkStats()
+        self.connected = threading.Event()
+        self.identity = identity if identity is not None else address.identity()
+        self.last_error: str | None = None
+        self._exchanges: dict[str, str] = dict(exchanges)
+        self._consumers: list[Consumer] = []
+        self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
+        self._outbox: collections.deque[_Outgoing] = collections.deque()
+        self._unconfirmed: collections.OrderedDict[int, _Outgoing] = collections.OrderedDict()
+        self._wake_pending = False
+        self._closing = False
+        self._ioloop = IOLoop()
+        self._connection: Any = None
+        self._pub_channel: Any = None
+        self._con_channel: Any = None
+        self._pub_ready = False
+        self._next_tag = 0
+        self._attempt = 0
+        self._reconnect_timer: Any = None
+        self._state_listeners: list[Callable[[BrokerLink, bool], None]] = []
+        self._thread = threading.Thread(
+            target=self._run, name=f"miros-rabbitmq-io-{address.hostport}", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected.is_set() else "disconnected"
+        return f"BrokerLink({self.address.url!r}, {state}, buffered={self.buffered})"
+
+    # -- any thread
+    @property
+    def buffered(self) -> int:
+        return len(self._outbox) + len(self._unconfirmed)
+
+    def publish(self, exchange: str, routing_key: str, body: bytes, *,
+                persistent: bool = True, droppable: bool = False) -> bool:
+        """Queue a message for the broker; False if it was dropped (buffer full).
+
+        ``droppable`` messages (instrumentation) give way early, at a tenth of
+        the buffer, so they never hold back events.
+        """
+        message = _Outgoing(exchange, routing_key, body, persistent)
+        with self._lock:
+            if self._closing:
+                return False
+            buffered = len(self._outbox) + len(self._unconfirmed)
+            if droppable and buffered >= self.droppable_limit:
+                self.stats.dropped_snoop += 1
+                return False
+            if buffered >= self.max_buffer:
+                self.stats.dropped_overflow += 1
+                overflowed = True
+            else:
+                overflowed = False
+                self._outbox.append(message)
+                wake = not self._wake_pending
+                self._wake_pending = True
+        if overflowed:
+            self._report_overflow()
+            return False
+        if wake:
+            self._ioloop.add_callback_threadsafe(self._drain_outbox)
+        return True
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the I/O thread."""
+        try:
+            self._ioloop.add_callback_threadsafe(callback)
+        except Exception:  # the loop is closed: the link is gone
+            logger.debug("call_soon on a closed link %s", self.address)
+
+    def declare_exchange(self, name: str, exchange_type: str = "topic") -> None:
+        with self._lock:
+            known = self._exchanges.get(name)
+            self._exchanges[name] = exchange_type
+        if known is None:
+            self.call_soon(lambda: self._declare_exchanges([name]))
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        consumer.link = self
+        self.call_soon(lambda: self._add_consumer(consumer))
+
+    def remove_consumer(self, consumer: Consumer, *, delete_queue: bool = True,
+                        timeout: float = 2.0) -> None:
+        done = threading.Event()
+        self.call_soon(lambda: self._remove_consumer(consumer, delete_queue, done))
+        if threading.current_thread() is not self._thread:
+            done.wait(timeout)
+
+    def add_state_listener(self, listener: Callable[[BrokerLink, bool], None]) -> None:
+        """``listener(link, connected)`` on the I/O thread at every (dis)connect."""
+        self._state_listeners.append(listener)
+
+    def remove_state_listener(self, listener: Callable[[BrokerLink, bool], None]) -> None:
+        if listener in self._state_listeners:
+            self._state_listeners.remove(listener)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every buffered message is confirmed; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._drained:
+            while self._outbox or self._unconfirmed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.connected.is_set():
+                    return False
+                self._drained.wait(remaining)
+        return True
+
+    def close(self, *, flush_timeout: float = 2.0, timeout: float = 5.0) -> None:
+        """Flush (bounded), close the connection and end the I/O thread."""
+        if self.connected.is_set() and flush_timeout > 0:
+            self.flush(flush_timeout)
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        self.call_soon(self._shutdown)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("I/O thread of %s did not stop within %.1f s", self.address, timeout)
+
+    # -- I/O thread
+    def _run(self) -> None:
+        try:
+            self._connect()
+            self._ioloop.start()
+        except Exception:  # pragma: no cover - last line of defence
+            logger.exception("I/O loop of %s failed", self.address)
+        finally:
+            self.connected.clear()
+            try:
+                self._ioloop.close()
+            except Exception:  # pragma: no cover
+                pass
+
+    def _parameters(self) -> pika.ConnectionParameters:
+        return pika.ConnectionParameters(
+            host=self.address.host,
+            port=self.address.port,
+            virtual_host=self.address.vhost,
+            credentials=pika.PlainCredentials(self.address.user, self.address.password.reveal()),
+            heartbeat=self.heartbeat,
+            connection_attempts=1,
+            socket_timeout=5,
+            stack_timeout=10,
+            blocked_connection_timeout=60,
+            client_properties={"connection_name": "miros-rabbitmq"},
+        )
+
+    def _connect(self) -> None:
+        self._reconnect_timer = None
+        if self._closing:
+            self._ioloop.stop()
+            return
+        try:
+            self._connection = pika.SelectConnection(
+                self._parameters(),
+                on_open_callback=self._on_open,
+                on_open_error_callback=self._on_open_error,
+                on_close_callback=self._on_closed,
+                custom_ioloop=self._ioloop,
+            )
+        except Exception as error:
+            self._on_open_error(None, error)
+
+    def _schedule_reconnect(self) -> None:
+        if self._closing:
+            self._ioloop.stop()
+            return
+        delay = min(RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY * (2 ** min(self._attempt, 10)))
+        delay *= random.uniform(0.5, 1.0)  # jitter: peers of a restarted broker spread out
+        self._attempt += 1
+        self._reconnect_timer = self._ioloop.call_later(delay, self._connect)
+
+    def _on_open_error(self, _connection: Any, error: BaseException) -> None:
+        if _is_auth_error(error):
+            self.auth_failed.set()  # before the count: start() reads them in this order
+        self.stats.connect_failures += 1
+        reason = _describe(error)
+        if reason != self.last_error:
+            logger.warning("cannot connect to %s: %s (retrying with backoff)", self.address, reason)
+        self.last_error = reason
+        self._schedule_reconnect()
+
+    def _on_open(self, connection: Any) -> None:
+        self._attempt = 0
+        if self.last_error is not None:
+            self.stats.reconnects += 1
+            logger.info("connected to %s", self.address)
+        self.last_error = None
+        connection.channel(on_open_callback=self._on_pub_channel)
+        connection.channel(on_open_callback=self._on_con_channel)
+
+    def _on_closed(self, _connection: Any, reason: BaseException) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        self._pub_ready = False
+        self._pub_channel = None
+        self._con_channel = None
+        self._requeue_unconfirmed()
+        for consumer in self._consumers:
+            consumer.ready.clear()
+            consumer._parked.clear()  # unacked: the broker redelivers them
+        if self._closing:
+            self._ioloop.stop()
+            return
+        self.last_error = _describe(reason)
+        logger.warning("lost connection to %s: %s", self.address, self.last_error)
+        if was_connected:
+            self._notify_state(False)
+        self._schedule_reconnect()
+
+    def _requeue_unconfirmed(self) -> None:
+        with self._lock:
+            if self._unconfirmed:
+                self.stats.resent += len(self._unconfirmed)
+                self._outbox.extendleft(reversed(self._unconfirmed.values()))
+                self._unconfirmed.clear()
+
+    def _on_pub_channel(self, channel: Any) -> None:
+        self._pub_channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.confirm_delivery(self._on_confirm, callback=lambda _frame: self._declare_exchanges(
+            list(self._exchanges), then=self._on_publish_ready))
+
+    def _declare_exchanges(self, names: list[str], then: Callable[[], None] | None = None) -> None:
+        channel = self._pub_channel
+        if channel is None or not channel.is_open:
+            return
+        pending = list(names)
+
+        def next_one(_frame: Any = None) -> None:
+            if not pending:
+                if then is not None:
+                    then()
+                return
+            name = pending.pop(0)
+            channel.exchange_declare(name, exchange_type=self._exchanges.get(name, "topic"),
+                                     durable=True, callback=next_one)
+
+        next_one()
+
+    def _on_publish_ready(self) -> None:
+        self._next_tag = 0
+        self._pub_ready = True
+        self.connected.set()
+        self._notify_state(True)
+        self._drain_outbox()
+
+    def _notify_state(self, connected: bool) -> None:
+        for listener in list(self._state_listeners):
+            try:
+                listener(self, connected)
+            except Exception:
+                logger.exception("link state listener failed")
+
+    def _on_channel_closed(self, channel: Any, reason: BaseException) -> None:
+        if self._closing or self._connection is None or not self._connection.is_open:
+            return
+        # a channel-level error (e.g. an exchange declared elsewhere with another
+        # type): drop the connection and start clean, with backoff
+        logger.warning("channel to %s closed: %s", self.address, _describe(reason))
+        try:
+            self._connection.close()
+        except Exception:
+            pass
+
+    def _drain_outbox(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        channel = self._pub_channel
+        if not self._pub_ready or channel is None or not channel.is_open:
+            return
+        while True:
+            with self._lock:
+                if not self._outbox:
+                    return
+                message = self._outbox.popleft()
+                self._next_tag += 1
+                self._unconfirmed[self._next_tag] = message
+            if message.exchange not in self._exchanges:
+                self._exchanges[message.exchange] = "topic"
+                channel.exchange_declare(message.exchange, exchange_type="topic", durable=True,
+                                         callback=lambda _frame: None)
+            try:
+                channel.basic_publish(message.exchange, message.routing_key, message.body,
+                                      _PERSISTENT if message.persistent else _TRANSIENT)
+            except Exception as error:
+                logger.warning("publish to %s failed: %s", self.address, _describe(error))
+                self._requeue_unconfirmed()
+                return
+            self.stats.published += 1
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tag = method.delivery_tag
+        nacked = isinstance(method, pika.spec.Basic.Nack)
+        with self._lock:
+            if method.multiple:
+                tags = [t for t in self._unconfirmed if t <= tag]
+            else:
+                tags = [tag] if tag in self._unconfirmed else []
+            settled = [self._unconfirmed.pop(t) for t in tags]
+            if nacked:
+                self.stats.nacked += len(settled)
+                self._outbox.extendleft(reversed(settled))
+            else:
+                self.stats.confirmed += len(settled)
+            if not self._outbox and not self._unconfirmed:
+                self._drained.notify_all()
+        if nacked and settled:
+            self._drain_outbox()
+
+    def _add_consumer(self, consumer: Consumer) -> None:
+        if consumer not in self._consumers:
+            self._consumers.append(consumer)
+        self._setup_consumer(consumer)
+
+    def _on_con_channel(self, channel: Any) -> None:
+        self._con_channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        for consumer in self._consumers:
+            self._setup_consumer(consumer)
+
+    def _setup_consumer(self, consumer: Consumer) -> None:
+        channel = self._con_channel
+        if channel is None or not channel.is_open:
+            return  # set up when the channel opens
+        consumer._channel = channel
+        arguments: dict[str, Any] = {}
+        if consumer.expires_ms:
+            arguments["x-expires"] = consumer.expires_ms
+
+        def on_exchange(_frame: Any) -> None:
+            channel.queue_declare(consumer.queue, durable=consumer.durable,
+                                  exclusive=not consumer.durable,
+                                  auto_delete=False, arguments=arguments, callback=on_queue)
+
+        def on_queue(frame: Any) -> None:
+            consumer.queue = frame.method.queue
+            keys = list(consumer.routing_keys)
+
+            def bind_next(_frame: Any = None) -> None:
+                if keys:
+                    channel.queue_bind(consumer.queue, consumer.exchange, routing_key=keys.pop(0),
+                                       callback=bind_next)
+                else:
+                    channel.basic_qos(prefetch_count=consumer.prefetch, callback=on_qos)
+
+            bind_next()
+
+        def on_qos(_frame: Any) -> None:
+            consumer._tag = channel.basic_consume(
+                consumer.queue, consumer._deliver, auto_ack=False,
+                callback=lambda _frame: consumer.ready.set())
+
+        channel.exchange_declare(consumer.exchange, exchange_type=consumer.exchange_type,
+                                 durable=True, callback=on_exchange)
+
+    def _remove_consumer(self, consumer: Consumer, delete_queue: bool, done: threading.Event) -> None:
+        if consumer in self._consumers:
+            self._consumers.remove(consumer)
+        consumer.ready.clear()
+        consumer._parked.clear()
+        channel = self._con_channel
+        if channel is None or not channel.is_open:
+            done.set()
+            return
+
+        def after_cancel(_frame: Any = None) -> None:
+            if delete_queue and consumer.queue:
+                channel.queue_delete(consumer.queue, callback=lambda _f: done.set())
+            else:
+                done.set()
+
+        if consumer._tag:
+            channel.basic_cancel(consumer._tag, callback=after_cancel)
+        else:
+            after_cancel()
+
+    def _shutdown(self) -> None:
+        if self._reconnect_timer is not None:
+            self._ioloop.remove_timeout(self._reconnect_timer)
+            self._reconnect_timer = None
+        connection = self._connection
+        if connection is not None and (connection.is_open or connection.is_opening):
+            try:
+                connection.close()
+                return  # _on_closed stops the loop
+            except Exception:
+                pass
+        self._ioloop.stop()
+
+    def _report_overflow(self) -> None:
+        now = time.monotonic()
+        if now - self._last_overflow_log >= 10.0:
+            self._last_overflow_log = now
+            logger.warning("buffer for %s is full (%d messages): dropping new messages; "
+                           "%d dropped so far", self.address, self.max_buffer,
+                           self.stats.dropped_overflow)
+        for listener in list(self.overflow_listeners):
+            try:
+                listener(self.address, self.stats.dropped_overflow)
+            except Exception:
+                logger.exception("overflow callback failed")
+
+
+def _is_auth_error(error: BaseException | None) -> bool:
+    if isinstance(error, AMQPConnectionWorkflowFailed):
+        return any(_is_auth_error(getattr(e, "exception", e)) for e in error.exceptions)
+    if isinstance(error, AMQPConnectorAMQPHandshakeError):
+        return _is_auth_error(error.exception)
+    return isinstance(error, (pika.exceptions.ProbableAuthenticationError,
+                              pika.exceptions.AuthenticationError,
+                              pika.exceptions.ProbableAccessDeniedError))
+
+
+def _describe(error: BaseException | None) -> str:
+    """A one-line reason for a connection problem, without secrets."""
+    if error is None:
+        return "closed"
+    if _is_auth_error(error):
+        return "credentials refused by the broker (check RABBIT_USER / RABBIT_PASSWORD)"
+    workflow = error.args[0] if error.args else None
+    if isinstance(workflow, AMQPConnectionWorkflowFailed) and workflow.exceptions:
+        error = workflow.exceptions[-1]  # pika wraps the failed connect in two layers
+    if isinstance(error, AMQPConnectorSocketConnectError):
+        return f"no TCP connection ({error.exception})"
+    text = f"{type(error).__name__}: {error}"
+    return text[:300]
+
+
+# --------------------------------------------------------------------------- registry
+
+
+class LinkRegistry:
+    """Process-wide, refcounted links: one per broker, shared by all charts."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._links: dict[tuple[str, int, str, str], tuple[BrokerLink, int]] = {}
+
+    def acquire(self, address: BrokerAddress, *, heartbeat: int = 30,
+                max_buffer: int = DEFAULT_MAX_BUFFER,
+                exchanges: Iterable[tuple[str, str]] = ()) -> BrokerLink:
+        key = address.identity()
+        with self._lock:
+            entry = self._links.get(key)
+            if entry is not None:
+                link, count = entry
+                self._links[key] = (link, count + 1)
+            else:
+                link = BrokerLink(address, heartbeat=heartbeat, max_buffer=max_buffer,
+                                  exchanges=exchanges, identity=key)
+                self._links[key] = (link, 1)
+                return link
+        for name, kind in exchanges:
+            link.declare_exchange(name, kind)
+        return link
+
+    def release(self, link: BrokerLink, *, flush_timeout: float = 2.0) -> None:
+        key = link.identity
+        with self._lock:
+            entry = self._links.get(key)
+            if entry is None or entry[0] is not link:
+                return
+            count = entry[1] - 1
+            if count > 0:
+                self._links[key] = (link, count)
+                return
+            del self._links[key]
+        link.close(flush_timeout=flush_timeout)
+
+    def links(self) -> list[BrokerLink]:
+        with self._lock:
+            return [link for link, _ in self._links.values()]
+
+
+LINKS = LinkRegistry()
+
+
+# --------------------------------------------------------------------------- responders
+
+
+class Responder(Consumer):
+    """A consumer that answers: ``on_request(body) -> bytes | None``.
+
+    The answer goes back to the requester's ``reply_to`` (RabbitMQ direct
+    reply-to: ``amq.rabbitmq.reply-to``), with its ``correlation_id``. None
+    means "no answer". Every request is acked; a callback that raises is
+    logged and answers nothing.
+    """
+
+    def __init__(
+        self,
+        *,
+        exchange: str,
+        routing_keys: Iterable[str],
+        on_request: Callable[[bytes], bytes | None],
+        queue: str = "",
+        exchange_type: str = "topic",
+        prefetch: int = 64,
+    ) -> None:
+        super().__init__(exchange=exchange, routing_keys=routing_keys, on_message=_taken,
+                         queue=queue, exchange_type=exchange_type, prefetch=prefetch)
+        self.on_request = on_request
+        self.answered = 0
+
+    # -- I/O thread only
+    def _deliver(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        try:
+            answer = self.on_request(body)
+        except Exception:  # a responder bug must not kill the I/O thread
+            logger.exception("responder of %s raised; request dropped", self.queue)
+            answer = None
+        reply_to = getattr(properties, "reply_to", None)
+        if answer is not None and reply_to:
+            try:  # a requester that is gone: the broker drops the answer
+                channel.basic_publish(
+                    "", reply_to, answer,
+                    pika.BasicProperties(delivery_mode=1, content_type=_TRANSIENT.content_type,
+                                         correlation_id=properties.correlation_id))
+                self.answered += 1
+            except Exception as error:
+                logger.debug("could not answer on %s: %s", self.queue, _describe(error))
+        channel.basic_ack(method.delivery_tag)
+
+
+def _taken(_body: bytes) -> bool:
+    return True
+
+
+# --------------------------------------------------------------------------- probes
+
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+PROBE_CLOSE_GRACE = 2.0  # seconds a finished probe waits for its broker's Close-Ok
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """How a probe ended: ``ok`` when an answer was accepted; ``reason`` says why not."""
+
+    ok: bool
+    reason: str
+    elapsed: float
+
+
+class Probe:
+    """One request/answer round trip on a short-lived connection of its own.
+
+    Made by :func:`probe`; lives on the shared prober I/O thread. ``closed``
+    is set once its connection (and socket) is gone.
+    """
+
+    def __init__(self, prober: Prober, loop: IOLoop, services: Any, address: BrokerAddress, *,
+                 exchange: str, routing_key: str, body: bytes,
+                 accept: Callable[[bytes], bool], timeout: float,
+                 on_done: Callable[[ProbeResult], None] | None) -> None:
+        self.address = address
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.timeout = timeout
+        self.result: ProbeResult | None = None
+        self.closed = threading.Event()
+        self._prober = prober
+        self._loop = loop
+        self._services = services
+        self._body = body
+        self._accept = accept
+        self._on_done = on_done
+        self._started_at = time.monotonic()
+        self._correlation_id = f"{random.getrandbits(64):016x}"
+        self._connection: Any = None
+        self._channel: Any = None
+        self._timer: Any = None
+        self._pending: Any = None  # a resolution or a TCP connect under way
+        self._sock: socket.socket | None = None
+        self._addresses: list[Any] = []
+        self._tcp_error = "refused"
+
+    def __repr__(self) -> str:
+        return f"Probe({self.address.url!r}, result={self.result!r})"
+
+    def cancel(self) -> None:
+        """Thread-safe: end the probe now (no callback) and release its connection."""
+        self._on_done = None
+        if self.result is None:
+            try:
+                self._loop.add_callback_threadsafe(lambda: self._finish(False, "cancelled"))
+            except Exception:  # the loop is gone: so is the probe
+                pass
+
+    # -- I/O thread only
+    def _remaining(self) -> float:
+        return self.timeout - (time.monotonic() - self._started_at)
+
+    def _start(self) -> None:
+        if self.result is not None:  # cancelled before it began
+            self._release()
+            return
+        self._timer = self._loop.call_later(max(0.001, self._remaining()),
+                                            lambda: self._finish(False, "timeout"))
+        self._pending = self._services.getaddrinfo(
+            self.address.host, self.address.port, self._guarded(self._on_resolved),
+            socktype=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+
+    def _on_resolved(self, records: Any) -> None:
+        self._pending = None
+        if isinstance(records, BaseException):
+            self._finish(False, f"cannot resolve {self.address.host} ({records})")
+            return
+        self._addresses = [record[4] for record in records]
+        self._knock()
+
+    def _knock(self) -> None:
+        """A bare TCP connect first: a closed port or a dead address costs no AMQP
+        machinery (and a broker logs nothing for a connection without a header)."""
+        if self.result is not None:
+            return
+        if not self._addresses:
+            self._finish(False, f"no TCP connection ({self._tcp_error})")
+            return
+        target = self._addresses.pop(0)
+        sock = self._sock = socket.socket(
+            socket.AF_INET6 if ":" in target[0] else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        code = sock.connect_ex(target)
+        if code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+            self._services.set_writer(sock.fileno(), self._guarded(
+                lambda: self._on_knocked(target, sock.getsockopt(socket.SOL_SOCKET,
+                                                                 socket.SO_ERROR))))
+            self._pending = _Writer(self._services, sock.fileno())
+        else:
+            self._on_knocked(target, code)
+
+    def _on_knocked(self, target: Any, code: int) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if code:
+            self._tcp_error = f"[Errno {code}] {os.strerror(code)}"
+            self._knock()  # the next address of that name, if any
+            return
+        if self.result is not None:
+            return
+        remaining = max(0.001, self._remaining())
+        parameters = pika.ConnectionParameters(
+            host=target[0],
+            port=self.address.port,
+            virtual_host=self.address.vhost,
+            credentials=pika.PlainCredentials(self.address.user, self.address.password.reveal()),
+            heartbeat=0,  # the connection lives for one round trip
+            connection_attempts=1,
+            socket_timeout=remaining,
+            stack_timeout=remaining,
+            blocked_connection_timeout=remaining,
+            client_properties={"connection_name": "miros-rabbitmq-probe"},
+        )
+        self._connection = pika.SelectConnection(
+            parameters,
+            on_open_callback=self._guarded(self._on_open),
+            on_open_error_callback=self._guarded(self._on_open_error),
+            on_close_callback=self._guarded(self._on_closed),
+            custom_ioloop=self._services,
+        )
+
+    def _guarded(self, callback: Callable[..., None]) -> Callable[..., None]:
+        def run(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception as error:  # never let a probe take the shared loop down
+                logger.exception("probe of %s failed", self.address)
+                self._finish(False, _describe(error))
+        return run
+
+    def _on_open(self, connection: Any) -> None:
+        if self.result is not None:
+            self._close()
+            return
+        connection.channel(on_open_callback=self._guarded(self._on_channel))
+
+    def _on_channel(self, channel: Any) -> None:
+        self._channel = channel
+        if self.result is not None:
+            self._close()
+            return
+        channel.add_on_close_callback(self._guarded(self._on_channel_closed))
+        channel.add_on_return_callback(self._guarded(self._on_return))
+        channel.basic_consume(DIRECT_REPLY_TO, self._guarded(self._on_reply), auto_ack=True,
+                              callback=self._guarded(self._on_consuming))
+
+    def _on_consuming(self, _frame: Any) -> None:
+        if self.result is not None or self._channel is None or not self._channel.is_open:
+            return
+        expiration = str(max(1, int(self._remaining() * 1000)))
+        self._channel.basic_publish(
+            self.exchange, self.routing_key, self._body,
+            pika.BasicProperties(delivery_mode=1, content_type=_TRANSIENT.content_type,
+                                 reply_to=DIRECT_REPLY_TO, correlation_id=self._correlation_id,
+                                 expiration=expiration),
+            mandatory=True)  # no queue bound: the broker returns it, a fast "no"
+
+    def _on_reply(self, _channel: Any, _method: Any, properties: Any, body: bytes) -> None:
+        if self.result is not None or properties.correlation_id != self._correlation_id:
+            return
+        if self._accept(body):
+            self._finish(True, "answered")
+
+    def _on_return(self, _channel: Any, _method: Any, _properties: Any, _body: bytes) -> None:
+        self._finish(False, "no responder on that broker")
+
+    def _on_channel_closed(self, _channel: Any, reason: BaseException) -> None:
+        self._channel = None
+        self._finish(False, _describe(reason))  # e.g. 404: the exchange does not exist there
+
+    def _on_open_error(self, _connection: Any, error: BaseException) -> None:
+        self._finish(False, _describe(error))
+        self._release()
+
+    def _on_closed(self, _connection: Any, reason: BaseException) -> None:
+        self._finish(False, _describe(reason))
+        self._release()
+
+    def _finish(self, ok: bool, reason: str) -> None:
+        if self.result is not None:
+            return
+        self.result = ProbeResult(ok, reason, time.monotonic() - self._started_at)
+        if self._timer is not None:
+            self._loop.remove_timeout(self._timer)
+            self._timer = None
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            try:
+                on_done(self.result)
+            except Exception:
+                logger.exception("probe callback failed")
+        self._close()
+
+    def _close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            self._release()
+            return
+        if not connection.is_closing:
+            try:
+                connection.close()
+            except Exception:
+                self._release()
+                return
+        # a broker that never sends Close-Ok must not hold the probe forever
+        self._loop.call_later(PROBE_CLOSE_GRACE, self._release)
+
+    def _release(self) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        self._connection = None
+        self._channel = None
+        self._prober._released(self._loop)
+
+
+class _Writer:
+    """A pending non-blocking connect: cancel() stops watching its socket."""
+
+    def __init__(self, services: Any, fd: int) -> None:
+        self._services = services
+        self._fd: int | None = fd
+
+    def cancel(self) -> bool:
+        if self._fd is None:
+            return False
+        self._services.remove_writer(self._fd)
+        self._fd = None
+        return True
+
+
+class _Resolved:
+    """An already-resolved getaddrinfo answer, delivered from the loop like pika's."""
+
+    def __init__(self, loop: IOLoop, on_done: Callable[..., None], records: Any) -> None:
+        self._on_done: Callable[..., None] | None = on_done
+        self._records = records
+        loop.add_callback_threadsafe(self._fire)
+
+    def _fire(self) -> None:
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done(self._records)
+
+    def cancel(self) -> bool:
+        if self._on_done is None:
+            return False
+        self._on_done = None
+        return True
+
+
+class _ProbeServices(SelectorIOServicesAdapter):
+    """pika's I/O services, minus a resolver thread per connection for IP literals."""
+
+    def getaddrinfo(self, host: str, port: int, on_done: Callable[..., None], family: int = 0,
+                    socktype: int = 0, proto: int = 0, flags: int = 0) -> Any:
+        try:
+            records = socket.getaddrinfo(host, port, family, socktype, proto,
+                                         flags | socket.AI_NUMERICHOST)
+        except (OSError, UnicodeError):  # a name: pika resolves it on a helper thread
+            return super().getaddrinfo(host, port, on_done, family, socktype, proto, flags)
+        return _Resolved(self.get_native_ioloop(), on_done, records)
+
+
+class Prober:
+    """Runs every probe of the process on one I/O thread (one pika IOLoop).
+
+    The thread starts with the first probe and ends when the last one has
+    released its connection, so an idle process holds no prober thread.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._loop: IOLoop | None = None
+        self._services: Any = None
+        self._thread: threading.Thread | None = None
+        self._active = 0
+
+    def probe(self, address: BrokerAddress, *, exchange: str, routing_key: str, body: bytes,
+              accept: Callable[[bytes], bool], timeout: float,
+              on_done: Callable[[ProbeResult], None] | None = None) -> Probe:
+        if timeout <= 0:
+            raise ValueError(f"a probe needs a positive timeout, got {timeout!r}")
+        with self._lock:
+            if self._loop is None:
+                self._loop = IOLoop()
+                self._services = _ProbeServices(self._loop)
+                self._thread = threading.Thread(target=self._run, args=(self._loop,),
+                                                name="miros-rabbitmq-probe", daemon=True)
+                self._thread.start()
+            self._active += 1
+            loop, services = self._loop, self._services
+        probe = Probe(self, loop, services, address, exchange=exchange, routing_key=routing_key,
+                      body=body, accept=accept, timeout=timeout, on_done=on_done)
+        loop.add_callback_threadsafe(probe._start)
+        return probe
+
+    @property
+    def active(self) -> int:
+        """Probes whose connection is not released yet."""
+        return self._active
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no probe is left and the prober thread has ended."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._active == 0, timeout):
+                return False
+            thread = self._thread
+        if thread is not None:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            return not thread.is_alive()
+        return True
+
+    # -- I/O thread
+    def _released(self, loop: IOLoop) -> None:
+        with self._lock:
+            self._active -= 1
+            last = self._active == 0 and self._loop is loop
+            if last:
+                self._loop = None
+                self._services = None
+                self._idle.notify_all()
+        if last:
+            loop.stop()
+
+    @staticmethod
+    def _run(loop: IOLoop) -> None:
+        try:
+            while True:
+                try:
+                    loop.start()
+                    return
+                except Exception:  # pragma: no cover - the probes guard their callbacks
+                    logger.exception("prober I/O loop failed; restarting it")
+        finally:
+            try:
+                loop.close()
+            except Exception:  # pragma: no cover
+                pass
+
+
+PROBER = Prober()
+
+
+def probe(address: BrokerAddress, *, exchange: str, routing_key: str, body: bytes,
+          accept: Callable[[bytes], bool], timeout: float,
+          on_done: Callable[[ProbeResult], None] | None = None) -> Probe:
+    """Publish ``body`` to ``exchange`` at ``address`` and wait for an accepted answer.
+
+    Opens a connection of its own (the broker is usually not a peer yet),
+    consumes RabbitMQ's direct reply-to, publishes ``body`` (mandatory, with
+    ``reply_to``) and calls ``on_done(ProbeResult)`` on the prober thread as
+    soon as ``accept(answer)`` is True, the broker says nobody is there, the
+    connection fails, or ``timeout`` seconds passed, whichever comes first;
+    then closes the connection. Never blocks; thread-safe.
+    """
+    return PROBER.probe(address, exchange=exchange, routing_key=routing_key, body=body,
+                        accept=accept, timeout=timeout, on_done=on_done)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Debian tools the library and its tests use beyond Python:
+#   ping (iputils-ping)  LanRecceChart's broadcast ping, the virtual-LAN tests
+#   ip   (iproute2)      network namespaces of the virtual-LAN tests
+# Fast path when all are there. Installs only as root (or with sudo); otherwise
+# warns and goes on (the tests that need a missing tool skip, saying why).
+set -euo pipefail
+
+declare -A want=([ping]=iputils-ping [ip]=iproute2)
+missing=()
+for tool in "${!want[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/usr/bin/$tool" ] \
+        || missing+=("${want[$tool]}")
+done
+[ "${#missing[@]}" -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    SUDO=(sudo -n)
+else
+    echo "ensure_os_packages: missing ${missing[*]} (not root, no sudo): some tests will skip" >&2
+    exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "ensure_os_packages: missing ${missing[*]} and no apt-get: some tests will skip" >&2
+    exit 0
+fi
+echo "ensure_os_packages: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -qq
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,569 @@
+"""Worker process and swarm driver for the multi-process CacheFileChart tests.
+
+Run as a script, one OS process per worker::
+
+    python tests/cache_worker.py stress --file F --worker-id 3 --seconds 3
+    python tests/cache_worker.py hold --file F          # lock, print LOCKED, wait to be killed
+    python tests/cache_worker.py user --file F --uid 65534 --gid 65534
+
+``stress`` prints ``READY``, waits for a line on stdin, then for ``--seconds``
+does random operations through a real :class:`CacheFileChart`: a write
+(probability ``--write-ratio``) of a document that embeds its own checksum,
+always followed by a read answered by the chart's ``CACHE`` event. Each read
+is checked: the checksum matches, and the document is this worker's last
+write or one written after it. It prints one ``RESULT {json}`` line.
+
+:func:`run_swarm` starts N such workers, releases them together, and sums
+up their results; the test suite and ``benchmarks/cache_file.py`` both use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import queue
+import random
+import selectors
+import string
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+TIME_OUT_IN_MINUTES = 30
+INITIAL_WRITER = -1
+
+
+# --------------------------------------------------------------- documents
+def checksum(document: dict[str, Any]) -> str:
+    body = {k: v for k, v in document.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def make_document(writer: int, seq: int, rng: random.Random) -> dict[str, Any]:
+    size = rng.randint(16, 2048)
+    document: dict[str, Any] = {
+        "writer": writer,
+        "seq": seq,
+        "time_out_in_minutes": TIME_OUT_IN_MINUTES,
+        "addresses": [f"10.{writer % 250}.{seq % 250}.{i}" for i in range(rng.randint(0, 8))],
+        "filler": "".join(rng.choices(string.ascii_letters, k=size)),
+    }
+    document["checksum"] = checksum(document)
+    return document
+
+
+def initial_document() -> dict[str, Any]:
+    return make_document(INITIAL_WRITER, 0, random.Random(0))
+
+
+def document_valid(document: Any) -> bool:
+    return (
+        isinstance(document, dict)
+        and isinstance(document.get("checksum"), str)
+        and checksum(document) == document["checksum"]
+    )
+
+
+# ------------------------------------------------------------------ worker
+def _make_listener(signal_name: str, sink: queue.Queue[Any]) -> Any:
+    """An instrumented ActiveObject that puts the payload of every ``signal_name`` in ``sink``."""
+    from miros import ActiveObject, Event, return_status, signals, spy_on
+
+    signals.append(signal_name)
+
+    @spy_on
+    def listening(chart: Any, e: Any) -> Any:
+        if e.signal == signals[signal_name]:
+            sink.put(e.payload)
+            return return_status.HANDLED
+        chart.temp.fun = chart.top
+        return return_status.SUPER
+
+    listener = ActiveObject(f"listener_{signal_name}_{os.getpid()}")
+    listener.start_at(listening)
+    listener._subscribe(Event(signal=signal_name), "fifo")  # registered before we return
+    return listener
+
+
+def stress(args: argparse.Namespace) -> int:
+    """The ``stress`` mode as a script: READY on stdout, GO on stdin, RESULT on stdout."""
+
+    def ready() -> None:
+        print("READY", flush=True)
+
+    result = stress_body(args, ready, sys.stdin.readline)
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+def stress_body(args: Any, ready: Any, wait_for_go: Any) -> dict[str, Any]:
+    """One stress worker: build the charts, call ``ready()``, ``wait_for_go()``, run, report."""
+    from miros import Event, signals
+
+    from miros_rabbitmq.cache_file_chart import CacheFileChart
+    from miros_rabbitmq.payloads import CacheWritePayload
+
+    rng = random.Random(args.seed * 1_000_003 + args.worker_id)
+    answers: queue.Queue[Any] = queue.Queue()
+    listener = _make_listener("CACHE", answers)
+    chart = CacheFileChart(args.file, default_json=initial_document())
+    target = chart.file_path  # address our chart only, by path
+
+    ready()
+    wait_for_go()
+
+    started = time.monotonic()
+    deadline = started + args.seconds
+    seq = 0
+    reads = invalid = expired = violations = 0
+    hung = False
+    seen: set[tuple[int, int]] = set()
+    last_write: tuple[int, int] | None = None
+    seen_before_last_write: frozenset[tuple[int, int]] = frozenset()
+    problems: list[str] = []
+    read_latencies: list[float] = []
+
+    while True:
+        if rng.random() < args.write_ratio:
+            seq += 1
+            document = make_document(args.worker_id, seq, rng)
+            last_write = (args.worker_id, seq)
+            seen_before_last_write = frozenset(seen)
+            listener.publish(
+                Event(
+                    signal=signals.CACHE_FILE_WRITE,
+                    payload=CacheWritePayload(json=document, file_name=target),
+                )
+            )
+        asked = time.monotonic()
+        listener.publish(Event(signal=signals.CACHE_FILE_READ, payload=target))
+        try:
+            answer = answers.get(timeout=args.read_timeout)
+        except queue.Empty:
+            hung = True
+            problems.append(f"no CACHE within {args.read_timeout} s")
+            break
+        read_latencies.append(time.monotonic() - asked)
+        reads += 1
+        document = answer.dict
+        if not document_valid(document):
+            invalid += 1
+            problems.append(f"invalid document read: {str(document)[:120]}")
+        else:
+            doc_id = (document["writer"], document["seq"])
+            if last_write is not None and doc_id != last_write:
+                mine = chart.stats.last_write_mtime
+                if doc_id in seen_before_last_write:
+                    violations += 1
+                    problems.append(f"read {doc_id}, seen before writing {last_write}")
+                elif mine is not None and answer.last_modified + 1e-6 < mine:
+                    violations += 1
+                    problems.append(f"read {doc_id} older than own write {last_write}")
+            seen.add(doc_id)
+        if answer.expired:
+            expired += 1
+        if time.monotonic() >= deadline:
+            break
+
+    finished = time.monotonic()
+    stats = chart.stats
+    result = {
+        "worker_id": args.worker_id,
+        "pid": os.getpid(),
+        "reads": reads,
+        "writes": stats.writes,
+        "max_seq": seq,
+        "invalid": invalid,
+        "expired": expired,
+        "violations": violations,
+        "hung": hung,
+        "errors": stats.errors,
+        "repaired": stats.repaired,
+        "retries": stats.retries,
+        "duration": finished - started,
+        "waits": [round(w, 6) for w in stats.waits],
+        "holds": [round(w, 6) for w in stats.holds],
+        "read_latencies": [round(w, 6) for w in read_latencies],
+        "problems": problems[:10],
+    }
+    chart.stop()
+    listener.stop()
+    return result
+
+
+def _forked_stress(options: dict[str, Any], connection: Any, go: Any) -> None:
+    """Target of a forkserver worker: same body, talking through a Pipe and an Event."""
+    args = argparse.Namespace(**options)
+    try:
+        result = stress_body(
+            args, lambda: connection.send("READY"), lambda: go.wait(args.start_timeout)
+        )
+        connection.send(result)
+    finally:
+        connection.close()
+
+
+def hold(args: argparse.Namespace) -> int:
+    """Take the exclusive lock, leave a half-written temporary file, wait to be killed."""
+    import tempfile
+
+    from miros_rabbitmq.locked_json_file import LockedJsonFile
+
+    file = LockedJsonFile(args.file, initial_document())
+    file.ensure_exists()
+    file.lock(timeout=30)
+    # what a writer killed mid-write leaves behind
+    folder = os.path.dirname(file.path)
+    fd, _ = tempfile.mkstemp(
+        prefix="." + os.path.basename(file.path) + ".", suffix=".tmp", dir=folder
+    )
+    os.write(fd, b'{"writer": 99, "half')
+    print("LOCKED", flush=True)
+    sys.stdin.read()  # until killed (or stdin closes)
+    return 0
+
+
+def as_user(args: argparse.Namespace) -> int:
+    """Drop to an ordinary user (when root), then create, write and read a cache."""
+    from miros_rabbitmq.cache_file_chart import CacheFileChart
+    from miros_rabbitmq.payloads import CacheWritePayload
+
+    answers: queue.Queue[Any] = queue.Queue()
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(args.gid)
+        os.setuid(args.uid)
+    from miros import Event, signals
+
+    listener = _make_listener("CACHE", answers)
+    chart = CacheFileChart(args.file, default_json={"time_out_in_minutes": 30, "hosts": []})
+    created_mode = os.stat(args.file).st_mode & 0o777
+    document = {"time_out_in_minutes": 30, "hosts": ["10.0.0.1"]}
+    listener.publish(
+        Event(
+            signal=signals.CACHE_FILE_WRITE,
+            payload=CacheWritePayload(json=document, file_name=chart.file_path),
+        )
+    )
+    listener.publish(Event(signal=signals.CACHE_FILE_READ, payload=chart.file_path))
+    answer = answers.get(timeout=10)
+    st = os.stat(args.file)
+    holder_excluded = not chart.file.try_lock()  # our own chart is idle: must succeed
+    chart.file.unlock()
+    result = {
+        "euid": os.geteuid(),
+        "created_mode": created_mode,
+        "mode": st.st_mode & 0o777,
+        "uid": st.st_uid,
+        "read": answer.dict,
+        "expired": answer.expired,
+        "errors": chart.stats.errors,
+        "lock_available": not holder_excluded,
+    }
+    chart.stop()
+    listener.stop()
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------- swarm
+def worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def worker_command(mode: str, *args: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), mode, *args]
+
+
+@dataclass
+class SwarmReport:
+    procs: int
+    seconds: float
+    startup_sec: float = 0.0  #: spawn until every worker was ready
+    run_sec: float = 0.0  #: release until the last worker finished
+    results: list[dict[str, Any]] = field(default_factory=list)
+    hung: list[int] = field(default_factory=list)  #: worker ids that did not finish
+    crashed: list[int] = field(default_factory=list)  #: worker ids without a RESULT
+    final_document: Any = None
+    final_valid: bool = False  #: final file is one of the written documents
+
+    def total(self, key: str) -> int:
+        return sum(int(r[key]) for r in self.results)
+
+    @property
+    def waits(self) -> list[float]:
+        return sorted(w for r in self.results for w in r["waits"])
+
+    def percentile(self, values: list[float], p: float) -> float:
+        if not values:
+            return float("nan")
+        index = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
+        return values[index]
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.hung
+            and not self.crashed
+            and len(self.results) == self.procs
+            and self.total("invalid") == 0
+            and self.total("violations") == 0
+            and self.total("errors") == 0
+            and self.final_valid
+            and not any(r["hung"] for r in self.results)
+        )
+
+    def problems(self) -> list[str]:
+        found = [p for r in self.results for p in r["problems"]]
+        if self.hung:
+            found.append(f"workers hung: {self.hung}")
+        if self.crashed:
+            found.append(f"workers without result: {self.crashed}")
+        if not self.final_valid:
+            found.append(f"final file not a written document: {str(self.final_document)[:200]}")
+        return found
+
+
+def run_swarm(
+    path: str | os.PathLike[str],
+    procs: int,
+    seconds: float,
+    *,
+    write_ratio: float = 0.3,
+    seed: int = 1,
+    read_timeout: float = 60.0,
+    start_timeout: float = 300.0,
+    finish_grace: float = 120.0,
+    start_method: str = "forkserver",
+    stderr_path: str | os.PathLike[str] | None = None,
+) -> SwarmReport:
+    """Run ``procs`` stress workers on one file for ``seconds`` and collect their results.
+
+    ``start_method``: ``"forkserver"`` forks every worker from one clean
+    server process that has already imported the package (fast: the package
+    import costs about 0.4 s of CPU per process); ``"subprocess"`` starts
+    ``python tests/cache_worker.py stress ...`` for each worker. Either way
+    every worker is its own OS process with its own charts and threads; all
+    are released together once every one of them is ready.
+    """
+    report = SwarmReport(procs=procs, seconds=seconds)
+    options = [
+        {
+            "file": os.fspath(path),
+            "worker_id": worker_id,
+            "seconds": seconds,
+            "write_ratio": write_ratio,
+            "seed": seed,
+            "read_timeout": read_timeout,
+            "start_timeout": start_timeout,
+        }
+        for worker_id in range(procs)
+    ]
+    if start_method == "forkserver":
+        raw = _swarm_forkserver(report, options, start_timeout, seconds + finish_grace)
+    elif start_method == "subprocess":
+        raw = _swarm_subprocess(report, options, start_timeout, seconds + finish_grace, stderr_path)
+    else:
+        raise ValueError(f"unknown start_method {start_method!r}")
+    report.results = [raw[i] for i in sorted(raw)]
+    for worker_id in range(procs):
+        if worker_id not in raw and worker_id not in report.hung + report.crashed:
+            report.crashed.append(worker_id)
+    _check_final_file(report, path)
+    return report
+
+
+def _swarm_forkserver(
+    report: SwarmReport, options: list[dict[str, Any]], start_timeout: float, run_timeout: float
+) -> dict[int, dict[str, Any]]:
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    here = str(Path(__file__).resolve().parent)
+    for entry in (here, str(REPO_ROOT)):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    sys.modules.setdefault("cache_worker", sys.modules[__name__])
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["cache_worker", "miros", "miros_rabbitmq.cache_file_chart"])
+    go = ctx.Event()
+    processes: dict[int, Any] = {}
+    connections: dict[Any, int] = {}
+    raw: dict[int, dict[str, Any]] = {}
+    try:
+        spawn_started = time.monotonic()
+        for option in options:
+            receiver, sender = ctx.Pipe(duplex=False)
+            process = ctx.Process(target=_forked_stress, args=(option, sender, go), daemon=True)
+            process.start()
+            sender.close()
+            processes[option["worker_id"]] = process
+            connections[receiver] = option["worker_id"]
+
+        waiting = dict(connections)
+        deadline = time.monotonic() + start_timeout
+        while waiting and time.monotonic() < deadline:
+            for receiver in wait(list(waiting), timeout=deadline - time.monotonic()):
+                try:
+                    receiver.recv()
+                except EOFError:
+                    report.crashed.append(waiting[receiver])
+                del waiting[receiver]
+        report.crashed.extend(waiting.values())
+        report.startup_sec = time.monotonic() - spawn_started
+
+        go_at = time.monotonic()
+        go.set()
+        waiting = {r: i for r, i in connections.items() if i not in report.crashed}
+        deadline = go_at + run_timeout
+        while waiting and time.monotonic() < deadline:
+            for receiver in wait(list(waiting), timeout=deadline - time.monotonic()):
+                worker_id = waiting.pop(receiver)
+                try:
+                    raw[worker_id] = receiver.recv()
+                except EOFError:
+                    report.crashed.append(worker_id)
+        report.hung.extend(waiting.values())
+        for worker_id, process in processes.items():
+            process.join(timeout=max(0.1, deadline - time.monotonic()))
+            if process.is_alive() and worker_id not in report.hung:
+                report.hung.append(worker_id)
+        report.run_sec = time.monotonic() - go_at
+    finally:
+        for process in processes.values():
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for receiver in connections:
+            receiver.close()
+    return raw
+
+
+def _swarm_subprocess(
+    report: SwarmReport,
+    options: list[dict[str, Any]],
+    start_timeout: float,
+    run_timeout: float,
+    stderr_path: str | os.PathLike[str] | None,
+) -> dict[int, dict[str, Any]]:
+    env = worker_env()
+    stderr = open(stderr_path, "ab") if stderr_path else subprocess.DEVNULL  # noqa: SIM115
+    workers: dict[int, subprocess.Popen[bytes]] = {}
+    selector = selectors.DefaultSelector()
+    buffers: dict[int, bytes] = {}
+    raw: dict[int, dict[str, Any]] = {}
+    try:
+        spawn_started = time.monotonic()
+        for option in options:
+            command = worker_command("stress")
+            for key in ("file", "worker_id", "seconds", "write_ratio", "seed", "read_timeout"):
+                command += ["--" + key.replace("_", "-"), str(option[key])]
+            process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env
+            )
+            workers[option["worker_id"]] = process
+            assert process.stdout is not None
+            os.set_blocking(process.stdout.fileno(), False)
+            selector.register(process.stdout, selectors.EVENT_READ, option["worker_id"])
+            buffers[option["worker_id"]] = b""
+
+        def pump(until: float, done: Any) -> None:
+            while not done() and time.monotonic() < until:
+                for key, _ in selector.select(timeout=max(0.0, min(1.0, until - time.monotonic()))):
+                    try:
+                        chunk = os.read(key.fd, 65536)
+                    except BlockingIOError:
+                        continue
+                    if chunk:
+                        buffers[key.data] += chunk
+                    else:
+                        selector.unregister(key.fileobj)
+
+        pump(
+            time.monotonic() + start_timeout,
+            lambda: all(b"READY\n" in b for b in buffers.values()),
+        )
+        report.startup_sec = time.monotonic() - spawn_started
+        report.crashed.extend(i for i, b in buffers.items() if b"READY\n" not in b)
+
+        go_at = time.monotonic()
+        for process in workers.values():
+            try:
+                assert process.stdin is not None
+                process.stdin.write(b"GO\n")
+                process.stdin.close()
+            except OSError:
+                pass
+        pump(go_at + run_timeout, lambda: not selector.get_map())
+        for worker_id, process in workers.items():
+            try:
+                process.wait(timeout=max(0.1, go_at + run_timeout - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                report.hung.append(worker_id)
+        report.run_sec = time.monotonic() - go_at
+        for worker_id, data in buffers.items():
+            for line in data.decode(errors="replace").splitlines():
+                if line.startswith("RESULT "):
+                    raw[worker_id] = json.loads(line[len("RESULT ") :])
+    finally:
+        for process in workers.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        selector.close()
+        if stderr is not subprocess.DEVNULL:
+            stderr.close()
+    return raw
+
+
+def _check_final_file(report: SwarmReport, path: str | os.PathLike[str]) -> None:
+    """The file left at the end must be one of the documents the workers wrote."""
+    max_seq = {r["worker_id"]: r["max_seq"] for r in report.results}
+    try:
+        with open(path, "rb") as handle:
+            report.final_document = json.loads(handle.read())
+    except (OSError, ValueError) as error:
+        report.final_document = repr(error)
+    document = report.final_document
+    if document_valid(document):
+        writer, seq = document["writer"], document["seq"]
+        report.final_valid = (writer, seq) == (INITIAL_WRITER, 0) or (
+            writer in max_seq and 1 <= seq <= max_seq[writer]
+        )
+
+
+# -------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("stress")
+    p.add_argument("--file", required=True)
+    p.add_argument("--worker-id", type=int, required=True)
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--write-ratio", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--read-timeout", type=float, default=60.0)
+    p.add_argument("--start-timeout", type=float, default=300.0)
+    p = sub.add_parser("hold")
+    p.add_argument("--file", required=True)
+    p = sub.add_parser("user")
+    p.add_argument("--file", required=True)
+    p.add_argument("--uid", type=int, default=65534)
+    p.add_argument("--gid", type=int, default=65534)
+    args = parser.parse_args(argv)
+    return {"stress": stress, "hold": hold, "user": as_user}[args.mode](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

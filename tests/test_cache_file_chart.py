@@ -1,0 +1,820 @@
+"""CacheFileChart and LockedJsonFile: unit, multi-process, crash and root tests.
+
+Everything here uses real files, real OS locks and, where it says so, real
+OS processes (``tests/cache_worker.py`` run with ``subprocess``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from miros import Event
+
+from miros_rabbitmq.cache_file_chart import CacheFileChart, cache_expired
+from miros_rabbitmq.errors import ConfigurationError
+from miros_rabbitmq.locked_json_file import LockedJsonFile
+from miros_rabbitmq.payloads import CacheReadPayload, CacheWritePayload
+
+_spec = importlib.util.spec_from_file_location(
+    "cache_worker", Path(__file__).with_name("cache_worker.py")
+)
+assert _spec is not None and _spec.loader is not None
+cache_worker = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("cache_worker", cache_worker)
+_spec.loader.exec_module(cache_worker)
+
+WAIT = 10.0  # generous bound for anything that should happen "now"
+
+
+# ----------------------------------------------------------------- fixtures
+class Listener:
+    """An instrumented miros chart subscribed to CACHE; payloads land in a queue."""
+
+    def __init__(self) -> None:
+        self.answers: queue.Queue[CacheReadPayload] = queue.Queue()
+        self.stash: list[CacheReadPayload] = []
+        self.chart = cache_worker._make_listener("CACHE", self.answers)
+
+    def publish(self, signal_name: str, payload: Any = None) -> None:
+        self.chart.publish(Event(signal=signal_name, payload=payload))
+
+    def read(self, target: Any) -> None:
+        self.publish("CACHE_FILE_READ", target)
+
+    def write(self, document: Any, file_name: str) -> None:
+        self.publish("CACHE_FILE_WRITE", CacheWritePayload(json=document, file_name=file_name))
+
+    def get(self, file_name: str | None = None, timeout: float = WAIT) -> CacheReadPayload:
+        """The next CACHE answer (for ``file_name`` if given); fails after ``timeout``.
+
+        Answers for other files are kept for later calls, in order.
+        """
+        for index, answer in enumerate(self.stash):
+            if file_name is None or answer.file_name == file_name:
+                return self.stash.pop(index)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no CACHE for {file_name} within {timeout} s")
+            try:
+                answer = self.answers.get(timeout=left)
+            except queue.Empty:
+                continue
+            if file_name is None or answer.file_name == file_name:
+                return answer
+            self.stash.append(answer)
+
+    def nothing(self, within: float) -> bool:
+        """True if no CACHE arrives within ``within`` seconds."""
+        if self.stash:
+            return False
+        try:
+            self.answers.get(timeout=within)
+        except queue.Empty:
+            return True
+        return False
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    subscriber = Listener()
+    yield subscriber
+    subscriber.chart.stop()
+
+
+@pytest.fixture
+def make_chart() -> Iterator[Callable[..., CacheFileChart]]:
+    charts: list[CacheFileChart] = []
+
+    def make(*args: Any, **kwargs: Any) -> CacheFileChart:
+        chart = CacheFileChart(*args, **kwargs)
+        charts.append(chart)
+        return chart
+
+    yield make
+    for chart in charts:
+        chart.stop()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.005)
+
+
+LAN = {"addresses": ["192.168.1.75"], "amqp_urls": [], "time_out_in_minutes": 30}
+
+
+# --------------------------------------------------------------- chart: I/O
+def test_missing_file_is_created_from_default_json(tmp_path, make_chart, listener):
+    path = tmp_path / "lan.json"
+    chart = make_chart(str(path), default_json=json.dumps(LAN))
+    assert json.loads(path.read_text()) == LAN
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    listener.read(str(path))
+    answer = listener.get("lan.json")
+    assert answer.dict == LAN
+    assert answer.expired is False
+    assert answer.file_name == "lan.json" == chart.file_name
+    assert answer.last_modified == pytest.approx(path.stat().st_mtime)
+    assert isinstance(answer.created_at, float)
+
+
+def test_default_default_json_is_an_expired_empty_cache(tmp_path, make_chart, listener):
+    path = tmp_path / "c.json"
+    make_chart(str(path))
+    listener.read(str(path))
+    answer = listener.get("c.json")
+    assert answer.dict == {"time_out_in_minutes": 0}
+    assert answer.expired is True
+
+
+def test_write_then_read(tmp_path, make_chart, listener):
+    path = tmp_path / "lan.json"
+    chart = make_chart(str(path), default_json={"time_out_in_minutes": 0})
+    document = dict(LAN, addresses=["10.0.0.2", "10.0.0.3"])
+    listener.write(document, "lan.json")
+    listener.read(None)
+    answer = listener.get("lan.json")
+    assert answer.dict == document
+    assert json.loads(path.read_text()) == document
+    assert chart.stats.writes == 1 and chart.stats.reads == 1
+    assert chart.stats.last_write_mtime == pytest.approx(path.stat().st_mtime)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_write_accepts_json_text(tmp_path, make_chart, listener):
+    path = tmp_path / "c.json"
+    make_chart(str(path))
+    listener.write(json.dumps(LAN), "c.json")
+    listener.read(str(path))
+    assert listener.get("c.json").dict == LAN
+
+
+def test_positional_signature_and_compat_import(tmp_path):
+    from miros_rabbitmq.cache import CacheFileChart as Compat
+
+    assert Compat is CacheFileChart
+    path = tmp_path / "p.json"
+    chart = Compat(str(path), False, False, '{"time_out_in_minutes": 5}')
+    try:
+        assert chart.name == "p.json"
+        assert json.loads(path.read_text()) == {"time_out_in_minutes": 5}
+    finally:
+        chart.stop()
+
+
+def test_default_file_path_is_in_the_working_folder(tmp_path, monkeypatch, make_chart):
+    monkeypatch.chdir(tmp_path)
+    chart = make_chart()
+    assert chart.file_path == str(tmp_path / ".miros_rabbitmq_cache.json")
+    assert (tmp_path / ".miros_rabbitmq_cache.json").exists()
+
+
+@pytest.mark.parametrize("bad", ["[1, 2]", "{not json", 42])
+def test_bad_default_json_is_a_configuration_error(tmp_path, bad):
+    with pytest.raises(ConfigurationError):
+        CacheFileChart(str(tmp_path / "x.json"), default_json=bad)
+    assert not (tmp_path / "x.json").exists()
+
+
+# ------------------------------------------------------------ chart: expiry
+def test_expired_when_timeout_is_zero(tmp_path, make_chart, listener):
+    path = tmp_path / "c.json"
+    make_chart(str(path), default_json=LAN)
+    listener.write(dict(LAN, time_out_in_minutes=0), "c.json")
+    listener.read(str(path))
+    assert listener.get("c.json").expired is True
+
+
+def test_expired_when_older_than_timeout(tmp_path, make_chart, listener):
+    path = tmp_path / "c.json"
+    make_chart(str(path), default_json=dict(LAN, time_out_in_minutes=1))
+    two_minutes_ago = time.time() - 120
+    os.utime(path, (two_minutes_ago, two_minutes_ago))
+    listener.read(str(path))
+    answer = listener.get("c.json")
+    assert answer.expired is True
+    assert answer.last_modified == pytest.approx(two_minutes_ago)
+
+
+def test_fresh_cache_is_not_expired(tmp_path, make_chart, listener):
+    path = tmp_path / "c.json"
+    make_chart(str(path), default_json=dict(LAN, time_out_in_minutes=1))
+    thirty_seconds_ago = time.time() - 30
+    os.utime(path, (thirty_seconds_ago, thirty_seconds_ago))
+    listener.read(str(path))
+    assert listener.get("c.json").expired is False
+
+
+@pytest.mark.parametrize(
+    ("document", "age_sec", "expired"),
+    [
+        ({"time_out_in_minutes": 0}, 0, True),
+        ({"time_out_in_minutes": 30}, 0, False),
+        ({"time_out_in_minutes": 30}, 30 * 60 + 1, True),
+        ({"time_out_in_minutes": 0.5}, 20, False),
+        ({"time_out_in_minutes": 0.5}, 40, True),
+        ({"time_out_in_minutes": -1}, 0, True),
+        ({"time_out_in_minutes": "30"}, 0, True),
+        ({"time_out_in_minutes": True}, 0, True),
+        ({}, 0, True),
+    ],
+)
+def test_cache_expired_rules(document, age_sec, expired):
+    now = 1_700_000_000.0
+    assert cache_expired(document, now - age_sec, now=now) is expired
+
+
+# ---------------------------------------------------- chart: damaged files
+@pytest.mark.parametrize("damage", [b"", b"   \n", b'{"addresses": [', b"[1, 2, 3]", b"\xff\xfe"])
+def test_empty_or_corrupt_file_is_repaired_by_next_write(
+    tmp_path, make_chart, listener, caplog, damage
+):
+    path = tmp_path / "c.json"
+    path.write_bytes(damage)
+    chart = make_chart(str(path), default_json=LAN)
+    with caplog.at_level(logging.WARNING, logger="miros_rabbitmq"):
+        listener.read(str(path))
+        answer = listener.get("c.json")
+        listener.read(str(path))
+        listener.get("c.json")
+    assert answer.dict == LAN
+    assert answer.expired is True  # repaired contents are never trusted
+    assert chart.stats.repaired == 2
+    warnings = [r for r in caplog.records if "default contents" in r.getMessage()]
+    assert len(warnings) == 1  # logged once, not once per read
+    assert path.read_bytes() == damage  # a read does not touch the file
+
+    listener.write(LAN, "c.json")
+    listener.read(str(path))
+    healed = listener.get("c.json")
+    assert healed.dict == LAN and healed.expired is False
+    assert json.loads(path.read_text()) == LAN
+    assert chart.stats.repaired == 2
+
+
+def test_file_deleted_while_running_is_recreated(tmp_path, make_chart, listener):
+    path = tmp_path / "c.json"
+    make_chart(str(path), default_json=LAN)
+    path.unlink()
+    listener.read(str(path))
+    assert listener.get("c.json").dict == LAN
+    assert json.loads(path.read_text()) == LAN
+
+
+def test_read_failure_answers_default_and_never_raises(tmp_path, make_chart, listener, caplog):
+    path = tmp_path / "c.json"
+    chart = make_chart(str(path), default_json=LAN)
+
+    def broken_read() -> Any:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    chart.file.read = broken_read  # type: ignore[method-assign]
+    with caplog.at_level(logging.DEBUG, logger="miros_rabbitmq"):
+        for _ in range(3):
+            listener.read(str(path))
+            answer = listener.get("c.json")
+            assert answer.dict == LAN and answer.expired is True
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert chart.thread.is_alive()
+    assert not chart.file.locked
+
+
+def test_write_failure_leaves_file_intact_and_chart_running(
+    tmp_path, make_chart, listener, monkeypatch
+):
+    path = tmp_path / "c.json"
+    chart = make_chart(str(path), default_json=LAN)
+    before = path.read_bytes()
+
+    def no_replace(src: Any, dst: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", no_replace)
+    listener.write({"time_out_in_minutes": 1, "x": 1}, "c.json")
+    listener.read(str(path))
+    assert listener.get("c.json").dict == LAN
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert chart.stats.errors == 1 and chart.stats.writes == 0
+    listener.write({"time_out_in_minutes": 1, "x": 2}, "c.json")
+    listener.read(str(path))
+    assert listener.get("c.json").dict == {"time_out_in_minutes": 1, "x": 2}
+
+
+@pytest.mark.parametrize(
+    "payload", [{"s": {1, 2}}, {"n": float("nan")}, "[1, 2]", "{oops", None, 7]
+)
+def test_bad_write_payload_is_ignored(tmp_path, make_chart, listener, payload):
+    path = tmp_path / "c.json"
+    chart = make_chart(str(path), default_json=LAN)
+    listener.write(payload, "c.json")
+    listener.read(str(path))
+    assert listener.get("c.json").dict == LAN
+    assert chart.stats.errors == 1
+
+
+# ------------------------------------------------------- chart: addressing
+def test_write_for_another_file_name_is_ignored(tmp_path, make_chart, listener):
+    a = make_chart(str(tmp_path / "a.json"), default_json=LAN)
+    b = make_chart(str(tmp_path / "b.json"), default_json=LAN)
+    new = dict(LAN, addresses=["10.9.9.9"])
+    listener.write(new, "a.json")
+    listener.write(new, "elsewhere.json")
+    listener.read(str(tmp_path / "a.json"))
+    listener.read(str(tmp_path / "b.json"))
+    answers = {listener.get("a.json").file_name, listener.get("b.json").file_name}
+    assert answers == {"a.json", "b.json"}
+    assert json.loads((tmp_path / "a.json").read_text()) == new
+    assert json.loads((tmp_path / "b.json").read_text()) == LAN
+    assert a.stats.writes == 1 and b.stats.writes == 0
+    assert b.stats.ignored >= 2 and a.stats.ignored >= 1
+
+
+def test_write_by_path_matches_only_that_file(tmp_path, make_chart, listener):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = make_chart(str(tmp_path / "one" / "c.json"), default_json=LAN)
+    two = make_chart(str(tmp_path / "two" / "c.json"), default_json=LAN)
+    listener.write({"time_out_in_minutes": 9}, str(tmp_path / "two" / "c.json"))
+    listener.read(str(tmp_path / "two" / "c.json"))
+    assert listener.get("c.json").dict == {"time_out_in_minutes": 9}
+    assert one.stats.writes == 0 and two.stats.writes == 1
+    assert json.loads((tmp_path / "one" / "c.json").read_text()) == LAN
+
+
+def test_read_none_asks_every_chart_and_a_name_asks_one(tmp_path, make_chart, listener):
+    a = make_chart(str(tmp_path / "a.json"), default_json=LAN)
+    b = make_chart(str(tmp_path / "b.json"), default_json=LAN)
+    listener.read(None)
+    listener.get("a.json")
+    listener.get("b.json")
+    listener.read("b.json")
+    listener.get("b.json")
+    assert (a.stats.reads, b.stats.reads) == (1, 2)
+    listener.read(CacheWritePayload(json={}, file_name="a.json"))  # anything with .file_name
+    listener.get("a.json")
+    listener.read({"file_name": str(tmp_path / "b.json")})
+    listener.get("b.json")
+    assert (a.stats.reads, b.stats.reads) == (2, 3)
+
+
+# ----------------------------------------------------------- chart: trace
+def test_live_trace_reads_like_the_seed(tmp_path, make_chart, listener):
+    lines: list[str] = []
+    path = tmp_path / "lan.json"
+    make_chart(str(path), live_trace=lines.append, default_json=LAN)
+    listener.read(str(path))
+    listener.get("lan.json")
+    listener.write(LAN, "lan.json")
+    listener.read(str(path))
+    listener.get("lan.json")
+    wait_for(lambda: len(lines) >= 7)
+    text = [line.strip() for line in lines if line.strip()]
+    stamp = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}\] \[lan\.json\] "
+    expected = [
+        r"e->start_at\(\) top->file_access_waiting",
+        r"e->file_read\(\) file_access_waiting->file_read",
+        r"e->read_successful\(\) file_read->file_access_waiting",
+        r"e->file_write\(\) file_access_waiting->file_write",
+        r"e->write_successful\(\) file_write->file_access_waiting",
+        r"e->file_read\(\) file_access_waiting->file_read",
+        r"e->read_successful\(\) file_read->file_access_waiting",
+    ]
+    assert len(text) == len(expected), text
+    for line, pattern in zip(text, expected, strict=True):
+        assert re.fullmatch(stamp + pattern, line), line
+
+
+# ------------------------------------------------------ chart: contention
+def test_busy_lock_reposts_with_growing_delay_and_keeps_order(tmp_path, make_chart, listener):
+    path = tmp_path / "c.json"
+    chart = make_chart(str(path), default_json=LAN)
+    other = LockedJsonFile(str(path))  # another open file description: excludes like a process
+    assert other.try_lock()
+    try:
+        listener.write(dict(LAN, time_out_in_minutes=1), "c.json")
+        listener.write(dict(LAN, time_out_in_minutes=2), "c.json")
+        listener.read(str(path))
+        wait_for(lambda: chart.stats.retries >= 3)
+        assert listener.nothing(within=0.2)
+        assert chart.pending == 3
+        assert json.loads(path.read_text()) == LAN
+    finally:
+        other.unlock()
+    answer = listener.get("c.json", timeout=CacheFileChart.BACKOFF_MAX_SEC + WAIT)
+    assert answer.dict == dict(LAN, time_out_in_minutes=2)  # both writes, in order, then the read
+    assert chart.stats.writes == 2
+    assert chart.pending == 0
+    other.close()
+
+
+def test_writer_is_not_starved_by_readers(tmp_path, make_chart, listener):
+    path = tmp_path / "c.json"
+    chart = make_chart(str(path), default_json=LAN)
+    reader = LockedJsonFile(path)
+    late_reader = LockedJsonFile(path)
+    assert reader.try_lock(shared=True)
+    try:
+        listener.write(dict(LAN, time_out_in_minutes=3), "c.json")
+        wait_for(lambda: chart.file.writer_waiting)
+        assert not late_reader.try_lock(shared=True)  # the waiting write comes first
+    finally:
+        reader.unlock()
+    listener.read(str(path))
+    answer = listener.get("c.json", timeout=2.0)  # short retries once first in line
+    assert answer.dict == dict(LAN, time_out_in_minutes=3)
+    for f in (reader, late_reader):
+        f.close()
+
+
+def test_retry_delay_bounds():
+    for failures in range(1, 30):
+        bound = min(
+            CacheFileChart.BACKOFF_MAX_SEC,
+            CacheFileChart.BACKOFF_FIRST_SEC * CacheFileChart.BACKOFF_GROWTH ** (failures - 1),
+        )
+        delays = [CacheFileChart.retry_delay(failures) for _ in range(200)]
+        assert all(0.001 <= d <= max(bound, 0.001) for d in delays)
+    assert max(CacheFileChart.retry_delay(100) for _ in range(500)) <= 5.0
+    assert max(CacheFileChart.retry_delay(100) for _ in range(500)) > 2.5  # it does grow
+
+
+def test_stop_while_waiting_cancels_timers_and_releases(tmp_path, listener):
+    path = tmp_path / "c.json"
+    chart = CacheFileChart(str(path), default_json=LAN)
+    other = LockedJsonFile(str(path))
+    assert other.try_lock()
+    listener.read(str(path))
+    wait_for(lambda: chart.stats.retries >= 2)
+    chart.stop()
+    assert not chart.thread.is_alive()
+    assert len(chart.posted_events_queue) == 0
+    other.unlock()
+    assert listener.nothing(within=0.3)
+    assert other.try_lock()  # the stopped chart holds nothing
+    other.close()
+
+
+def test_timer_bookkeeping_does_not_grow(tmp_path, listener):
+    """Hundreds of re-posts must not fill miros's 500-entry posted-events deque."""
+
+    class Impatient(CacheFileChart):
+        BACKOFF_MAX_SEC = 0.002  # retry very fast
+
+    path = tmp_path / "c.json"
+    chart = Impatient(str(path), default_json=LAN)
+    other = LockedJsonFile(str(path))
+    assert other.try_lock()
+    try:
+        listener.read(str(path))
+        wait_for(lambda: chart.stats.retries >= 600, timeout=30)
+        assert len(chart.posted_events_queue) <= 1
+        other.unlock()
+        listener.get("c.json")
+    finally:
+        other.close()
+        chart.stop()
+
+
+def test_mode_of_new_file_and_existing_mode_kept(tmp_path, make_chart, listener):
+    path = tmp_path / "c.json"
+    make_chart(str(path), default_json=LAN, mode=0o640)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    os.chmod(path, 0o604)
+    listener.write(LAN, "c.json")
+    listener.read(str(path))
+    listener.get("c.json")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o604
+
+
+# --------------------------------------------------------- LockedJsonFile
+def test_locked_json_file_shared_and_exclusive(tmp_path):
+    path = tmp_path / "f.json"
+    a, b, c = (LockedJsonFile(path, {"v": 0}) for _ in range(3))
+    assert a.try_lock(shared=True) and b.try_lock(shared=True)
+    assert not c.try_lock()
+    a.unlock()
+    assert not c.try_lock()
+    b.unlock()
+    assert c.try_lock()
+    assert not a.try_lock(shared=True)
+    assert c.try_lock()  # holding it already: still True
+    c.unlock()
+    for f in (a, b, c):
+        f.close()
+
+
+def test_locked_json_file_prefers_writers(tmp_path):
+    path = tmp_path / "f.json"
+    reader, writer, late_reader, other_writer = (LockedJsonFile(path) for _ in range(4))
+    assert reader.try_lock(shared=True)
+    assert not writer.try_lock()  # busy, but the writer is now first in line
+    assert writer.writer_waiting
+    assert not late_reader.try_lock(shared=True)  # readers stand back
+    assert not other_writer.try_lock()  # and so do other writers
+    reader.unlock()
+    assert writer.try_lock() and not writer.writer_waiting
+    writer.unlock()
+    assert late_reader.try_lock(shared=True)
+    late_reader.unlock()
+    # a writer that gives up (unlock without ever locking) lets readers back in
+    assert reader.try_lock(shared=True)
+    assert not writer.try_lock()
+    writer.unlock()
+    assert late_reader.try_lock(shared=True)
+    for f in (reader, writer, late_reader, other_writer):
+        f.close()
+
+
+def test_locked_json_file_update_and_timeout(tmp_path):
+    path = tmp_path / "hosts.json"
+    f = LockedJsonFile(path, {"hosts": []})
+    assert f.update(lambda d: d["hosts"].append("a")) == {"hosts": ["a"]}
+    assert f.update(lambda d: {"hosts": d["hosts"] + ["b"]}) == {"hosts": ["a", "b"]}
+    assert json.loads(path.read_text()) == {"hosts": ["a", "b"]}
+    holder = LockedJsonFile(path)
+    holder.lock()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        f.update(lambda d: None, timeout=0.2)
+    assert time.monotonic() - started < 2
+    holder.unlock()
+    with pytest.raises(ZeroDivisionError):
+        f.update(lambda d: 1 / 0)
+    assert json.loads(path.read_text()) == {"hosts": ["a", "b"]}
+    assert not f.locked
+
+
+def test_locked_json_file_update_is_exclusive_across_threads(tmp_path):
+    path = tmp_path / "n.json"
+
+    def bump(d: dict[str, Any]) -> None:
+        d["n"] += 1
+
+    def worker() -> None:
+        f = LockedJsonFile(path, {"n": 0})  # one object per thread
+        for _ in range(50):
+            f.update(bump, timeout=30)
+        f.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert json.loads(path.read_text()) == {"n": 400}
+
+
+def test_locked_json_file_ensure_exists_races(tmp_path):
+    path = tmp_path / "new.json"
+    created: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def create() -> None:
+        barrier.wait()
+        created.append(LockedJsonFile(path, {"k": "v"}).ensure_exists())
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert created.count(True) == 1
+    assert json.loads(path.read_text()) == {"k": "v"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.json"]
+
+
+def test_locked_json_file_follows_symlink_and_makes_folder(tmp_path):
+    real = tmp_path / "deep" / "er" / "real.json"
+    f = LockedJsonFile(real, {"a": 1})
+    assert f.read().dict == {"a": 1}
+    assert stat.S_IMODE((tmp_path / "deep" / "er").stat().st_mode) == 0o700
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    LockedJsonFile(link).write({"a": 2})
+    assert link.is_symlink()
+    assert json.loads(real.read_text()) == {"a": 2}
+
+
+def test_locked_json_file_sweeps_stale_temp_files(tmp_path):
+    path = tmp_path / "s.json"
+    stale = tmp_path / ".s.json.abc123.tmp"
+    fresh = tmp_path / ".s.json.def456.tmp"
+    stale.write_text("{")
+    fresh.write_text("{")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    LockedJsonFile(path).write({"ok": True})
+    assert not stale.exists() and fresh.exists()
+
+
+def test_root_keeps_the_owner_of_a_users_file(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    path = tmp_path / "u.json"
+    f = LockedJsonFile(path, {"a": 1})
+    f.ensure_exists()
+    os.chown(path, 65534, 65534)
+    f.write({"a": 2})
+    st = path.stat()
+    assert (st.st_uid, st.st_gid) == (65534, 65534)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+
+
+# ------------------------------------------------------------ processes
+def _spawn(mode: str, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        cache_worker.worker_command(mode, *args),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cache_worker.worker_env(),
+    )
+
+
+def _read_line(process: subprocess.Popen[bytes], timeout: float) -> str:
+    result: list[bytes] = []
+    assert process.stdout is not None
+    reader = threading.Thread(target=lambda: result.append(process.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not result:
+        process.kill()
+        raise AssertionError(f"no line from worker within {timeout} s")
+    return result[0].decode().strip()
+
+
+def _assert_swarm_ok(report: Any, procs: int, log_path: Path | None = None) -> None:
+    log = log_path.read_text(errors="replace")[-3000:] if log_path and log_path.exists() else ""
+    assert report.ok, (report.problems(), log)
+    assert len(report.results) == procs
+    assert report.total("reads") >= procs and report.total("writes") >= 1
+    assert all(r["reads"] >= 1 for r in report.results)
+    assert report.total("invalid") == 0 and report.total("violations") == 0
+    assert report.total("expired") == 0  # nothing was ever repaired
+
+
+@pytest.mark.timeout(120)
+def test_fifty_processes_share_one_file(tmp_path):
+    """Suite-size swarm (forkserver workers); the benchmark runs it with --procs 500."""
+    report = cache_worker.run_swarm(
+        tmp_path / "shared.json", procs=50, seconds=3.0, read_timeout=30.0, finish_grace=60.0
+    )
+    _assert_swarm_ok(report, 50)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.timeout(120)
+def test_script_workers_share_one_file(tmp_path):
+    """The same with one ``python tests/cache_worker.py stress`` subprocess per worker."""
+    log = tmp_path / "workers.log"
+    report = cache_worker.run_swarm(
+        tmp_path / "shared.json",
+        procs=8,
+        seconds=2.0,
+        read_timeout=30.0,
+        finish_grace=60.0,
+        start_method="subprocess",
+        stderr_path=log,
+    )
+    _assert_swarm_ok(report, 8, log)
+
+
+@pytest.mark.timeout(60)
+def test_sigkilled_holder_releases_the_lock(tmp_path, make_chart, listener):
+    path = tmp_path / "c.json"
+    holder = _spawn("hold", "--file", str(path))
+    try:
+        assert _read_line(holder, WAIT) == "LOCKED"
+        chart = make_chart(str(path), default_json=LAN)
+        probe = LockedJsonFile(path)
+        assert not probe.try_lock(shared=True)
+        listener.read(str(path))
+        wait_for(lambda: chart.stats.retries >= 1)
+        assert listener.nothing(within=0.3)
+        before = path.read_bytes()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(WAIT)
+        killed_at = time.monotonic()
+        assert probe.try_lock(shared=True)  # the kernel dropped the dead holder's lock
+        probe.unlock()
+        probe.close()
+        answer = listener.get("c.json", timeout=CacheFileChart.BACKOFF_MAX_SEC + 1)
+        assert time.monotonic() - killed_at < CacheFileChart.BACKOFF_MAX_SEC + 0.5
+        assert cache_worker.document_valid(answer.dict)  # the half-written temp file is unseen
+        assert path.read_bytes() == before
+        listener.read(str(path))  # and now without waiting
+        listener.get("c.json", timeout=1.0)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+@pytest.mark.timeout(60)
+def test_lock_excludes_root_even_on_a_read_only_file(tmp_path, make_chart, listener):
+    """The old write-bit lock let root straight through; the OS lock does not."""
+    path = tmp_path / "c.json"
+    holder = _spawn("hold", "--file", str(path))
+    try:
+        assert _read_line(holder, WAIT) == "LOCKED"
+        os.chmod(path, 0o444)
+        chart = make_chart(str(path), default_json=LAN)
+        listener.write(dict(LAN, time_out_in_minutes=7), "c.json")
+        listener.read(str(path))
+        wait_for(lambda: chart.stats.retries >= 2)
+        assert listener.nothing(within=0.3)
+        assert chart.stats.writes == 0
+        assert not LockedJsonFile(path).try_lock()
+        holder.kill()
+        holder.wait(WAIT)
+        answer = listener.get("c.json", timeout=CacheFileChart.BACKOFF_MAX_SEC + 1)
+        # root (or the owner) could write the read-only file once the lock was free
+        assert answer.dict == dict(LAN, time_out_in_minutes=7)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+@pytest.mark.timeout(60)
+def test_works_as_an_ordinary_user():
+    """As root the worker drops to nobody (65534) before touching the cache."""
+    folder = Path(tempfile.mkdtemp(prefix="miros_cache_user_"))  # /tmp: nobody can reach it
+    try:
+        if os.geteuid() == 0:
+            os.chmod(folder, 0o755)
+            os.chown(folder, 65534, 65534)
+        path = folder / "c.json"
+        worker = _spawn("user", "--file", str(path), "--uid", "65534", "--gid", "65534")
+        out, err = worker.communicate(timeout=30)
+        line = next((x for x in out.decode().splitlines() if x.startswith("RESULT ")), None)
+        assert line is not None, err.decode()[-2000:]
+        result = json.loads(line[len("RESULT ") :])
+        if os.geteuid() == 0:
+            assert result["euid"] == 65534
+            assert result["uid"] == 65534
+        assert result["created_mode"] == 0o600 and result["mode"] == 0o600
+        assert result["read"] == {"time_out_in_minutes": 30, "hosts": ["10.0.0.1"]}
+        assert result["expired"] is False and result["errors"] == 0
+        assert result["lock_available"] is True
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53), max_value=2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(document=st.dictionaries(st.text(max_size=10), _json_values, max_size=6))
+def test_locked_json_file_round_trips_any_json_object(tmp_path, document):
+    f = LockedJsonFile(tmp_path / "h.json", {"default": True})
+    with f.locked_for(5):
+        f.write(document)
+        contents = f.read()
+    assert contents.dict == document and contents.repaired is False
+    f.close()

@@ -1,0 +1,273 @@
+"""The test infrastructure itself: miros_rabbitmq.testing and tests/netlab.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pika
+import pytest
+from cryptography.fernet import Fernet
+from netlab import VirtualLan, list_netns
+
+from miros_rabbitmq import testing as mrt
+from miros_rabbitmq.testing import EventRecorder, RabbitNode, ThreadWatcher, wait_for
+
+# ----------------------------------------------------------------- helpers
+
+
+def test_wait_for_returns_the_first_truthy_value() -> None:
+    values = iter([0, None, "", "yes"])
+    assert wait_for(lambda: next(values), timeout=1) == "yes"
+
+
+def test_wait_for_treats_exceptions_as_not_yet_and_names_what_it_waited_for() -> None:
+    calls = []
+
+    def flaky() -> bool:
+        calls.append(1)
+        raise KeyError("nope")
+
+    started = time.monotonic()
+    with pytest.raises(
+        AssertionError, match=r"timed out after 0.2 s waiting for the thing.*KeyError"
+    ):
+        wait_for(flaky, timeout=0.2, message="the thing")
+    assert 0.2 <= time.monotonic() - started < 1.0
+    assert len(calls) > 3
+
+
+def test_event_recorder_wakes_a_waiter_from_another_thread() -> None:
+    rec = EventRecorder()
+    worker = threading.Thread(target=lambda: [rec(i) for i in range(3)])
+    worker.start()
+    assert rec.wait_for_count(3, timeout=2) == [0, 1, 2]
+    worker.join()
+    with pytest.raises(AssertionError, match="4 items"):
+        rec.wait_for_count(4, timeout=0.05)
+
+
+def test_thread_watcher_names_a_leaked_thread_and_ignores_miros_singletons() -> None:
+    stop = threading.Event()
+    watcher = ThreadWatcher()
+    leak = threading.Thread(target=stop.wait, name="leaky-worker", daemon=True)
+    fabric_like = threading.Thread(target=stop.wait, name="fifo active fabric", daemon=True)
+    leak.start()
+    fabric_like.start()
+    try:
+        with pytest.raises(AssertionError, match="leaky-worker"):
+            watcher.check(grace=0.1)
+        assert watcher.leaked(grace=0) == [leak]
+    finally:
+        stop.set()
+        leak.join()
+        fabric_like.join()
+    watcher.check(grace=0.1)
+
+
+def test_mesh_env_sets_fresh_keys_and_an_empty_working_folder(mesh_env, tmp_path) -> None:
+    assert Path.cwd() == tmp_path
+    assert list(tmp_path.iterdir()) == []
+    for key in ("RABBIT_USER", "RABBIT_PASSWORD", "RABBIT_PORT", "MIROS_RABBITMQ_LAN_DISCOVERY"):
+        assert os.environ[key] == mesh_env[key]
+    assert mesh_env["RABBIT_USER"] == "guest" and mesh_env["RABBIT_PORT"] == "5672"
+    assert mesh_env["MIROS_RABBITMQ_LAN_DISCOVERY"] == "0"
+    keys = [
+        mesh_env[k]
+        for k in ("MESH_ENCRYPTION_KEY", "SNOOP_TRACE_ENCRYPTION_KEY", "SNOOP_SPY_ENCRYPTION_KEY")
+    ]
+    assert len(set(keys)) == 3
+    for key in keys:
+        assert Fernet(key.encode()).decrypt(Fernet(key.encode()).encrypt(b"x")) == b"x"
+    assert mrt.mesh_environment()["MESH_ENCRYPTION_KEY"] != mesh_env["MESH_ENCRYPTION_KEY"]
+
+
+def test_masked_url_hides_the_password() -> None:
+    assert mrt.masked_url("amqp://bob:dobbs@h:5672/%2F") == "amqp://bob:******@h:5672/%2F"
+    assert mrt.masked_url("amqp://h:5672/") == "amqp://h:5672/"
+
+
+# ------------------------------------------------------------ local broker
+
+
+def test_the_local_broker_answers_amqp(rabbitmq_url) -> None:
+    assert mrt.broker_answers(rabbitmq_url)
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        assert connection.is_open
+    finally:
+        connection.close()
+
+
+def test_amqp_ping_says_no_for_a_port_nobody_listens_on() -> None:
+    assert not mrt.amqp_ping("127.0.0.1", mrt.free_port(), timeout=0.5)
+
+
+# ---------------------------------------------------------- extra RabbitMQ
+
+
+def test_extra_node_is_a_separate_broker(extra_rabbitmq_node, rabbitmq_url) -> None:
+    node = extra_rabbitmq_node
+    assert node.is_running() and node.port != 5672
+    assert node.start_seconds is not None
+    queue = f"infra-test-{os.getpid()}"
+    extra = pika.BlockingConnection(pika.URLParameters(node.url))
+    local = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        extra.channel().queue_declare(queue, auto_delete=False)
+        # the local broker does not know the queue: passive declare closes the channel
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+            local.channel().queue_declare(queue, passive=True)
+        extra.channel().queue_delete(queue)
+    finally:
+        extra.close()
+        local.close()
+
+
+def test_extra_node_stop_app_and_start_app(extra_rabbitmq_node) -> None:
+    node = extra_rabbitmq_node
+    node.stop_app()
+    try:
+        assert not node.answers(0.5)
+        assert node.is_running()  # the Erlang node is still up
+    finally:
+        node.start_app()
+    assert node.answers()
+    pika.BlockingConnection(pika.URLParameters(node.url)).close()
+
+
+def test_a_node_of_a_dead_test_process_is_cleaned_up_and_close_removes_its_data() -> None:
+    if not os.path.exists(mrt.RABBITMQ_SERVER):
+        pytest.skip("rabbitmq-server is not installed")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    node = RabbitNode(f"{mrt.NODE_PREFIX}{dead.pid}-stray")
+    try:
+        node.start()
+        assert node.answers()
+        base_dir = node.base_dir
+        assert node.name in mrt._marked_nodes().values()
+        # the next test run finds it by its name and ends it: its "owner" is dead
+        assert mrt.cleanup_stray_nodes() == [node.name]
+        wait_for(
+            lambda: node.name not in mrt._marked_nodes().values(), 10, message="the stray to end"
+        )
+        assert not node.answers(0.5)
+    finally:
+        node.close()
+    assert not base_dir.exists()
+    assert node._proc is not None and node._proc.poll() is not None
+
+
+def test_a_rabbit_node_refuses_a_taken_port(rabbitmq_url) -> None:
+    if not os.path.exists(mrt.RABBITMQ_SERVER):
+        pytest.skip("rabbitmq-server is not installed")
+    with pytest.raises(RuntimeError, match="already taken"):
+        RabbitNode(port=5672).start()
+
+
+# ------------------------------------------------------------- virtual LAN
+
+
+def _lan_namespaces(lan_id: str) -> list[str]:
+    return [name for name in list_netns() if name.startswith(lan_id + "-")]
+
+
+@pytest.mark.netns
+def test_virtual_lan_hosts_reach_each_other_and_teardown_removes_everything() -> None:
+    if subprocess.run(["sh", "-c", "command -v ping"], capture_output=True).returncode != 0:
+        pytest.skip("ping (iputils-ping) is not installed: scripts/ensure_os_packages.sh")
+    lan = VirtualLan("10.231.0.0/24", hosts=3, ignore_broadcasts={3: False})
+    with lan:
+        assert sorted(_lan_namespaces(lan.id)) == sorted(
+            [lan.bridge_netns, *(lan.netns(i) for i in lan.hosts)]
+        )
+        assert lan.addresses == ["10.231.0.1", "10.231.0.2", "10.231.0.3"]
+        out = lan.exec(1, ["ping", "-c", "1", "-W", "2", lan.address(2)]).stdout
+        assert "1 received" in out
+        # the Linux default stays on hosts 1 and 2; host 3 answers broadcast pings
+        assert lan.ignores_broadcasts(1) and lan.ignores_broadcasts(2)
+        assert not lan.ignores_broadcasts(3)
+        out = lan.exec(
+            1, ["ping", "-b", "-c", "2", "-i", "0.2", "-W", "1", lan.broadcast], check=False
+        ).stdout
+        assert f"from {lan.address(3)}" in out and f"from {lan.address(2)}" not in out
+        # a host's interfaces: loopback and eth0 only, with its address
+        links = lan.exec(2, ["ip", "-br", "addr"]).stdout
+        assert "10.231.0.2/24" in links and "lo" in links
+        # unplugged, a host no longer answers
+        lan.disconnect(2)
+        assert (
+            lan.exec(1, ["ping", "-c", "1", "-W", "1", lan.address(2)], check=False).returncode != 0
+        )
+        lan.reconnect(2)
+        wait_for(
+            lambda: (
+                lan.exec(1, ["ping", "-c", "1", "-W", "1", lan.address(2)], check=False).returncode
+                == 0
+            ),
+            10,
+            message="host 2 back on the LAN",
+        )
+        sleeper = lan.popen(2, ["sleep", "300"])
+    assert sleeper.poll() is not None
+    assert _lan_namespaces(lan.id) == []
+
+
+@pytest.mark.netns
+def test_virtual_lan_teardown_after_a_failure() -> None:
+    lan = VirtualLan("10.232.0.0/24", hosts=2)
+    with pytest.raises(RuntimeError, match="boom"), lan:
+        assert len(_lan_namespaces(lan.id)) == 3
+        raise RuntimeError("boom")
+    assert _lan_namespaces(lan.id) == []
+
+
+@pytest.mark.netns
+def test_brokers_in_namespaces_are_reached_over_the_lan(record_property) -> None:
+    if not os.path.exists(mrt.RABBITMQ_SERVER):
+        pytest.skip("rabbitmq-server is not installed")
+    started = time.monotonic()
+    with VirtualLan("10.233.0.0/24", hosts=3, with_brokers={1, 2}) as lan:
+        both = time.monotonic() - started
+        boots = {i: lan.broker(i).start_seconds for i in (1, 2)}
+        record_property("namespace_broker_start_seconds", boots)
+        record_property("lan_with_two_brokers_seconds", round(both, 2))
+        print(
+            f"\nnamespace brokers AMQP-ready after {boots} s; LAN with 2 brokers built in {both:.1f} s"
+        )
+        assert set(lan.brokers) == {1, 2}
+        node_names = [lan.broker(i).name for i in (1, 2)]
+        # host 3 (no broker) connects to both over the LAN, with pika, in its own process
+        code = (
+            "import sys, pika\n"
+            "for url in sys.argv[1:]:\n"
+            "    c = pika.BlockingConnection(pika.URLParameters(url + '?connection_attempts=1&socket_timeout=5'))\n"
+            "    print('open', c.is_open, c._impl.server_properties['product'])\n"
+            "    c.close()\n"
+        )
+        out = lan.exec(3, [sys.executable, "-c", code, lan.url(1), lan.url(2)], timeout=60).stdout
+        assert out.count("open True RabbitMQ") == 2, out
+        # the same from this process: a connection made inside host 3's namespace
+        params = pika.URLParameters(lan.url(2) + "?connection_attempts=1&socket_timeout=5")
+        connection = lan.call(3, pika.BlockingConnection, params)
+        try:
+            assert connection.is_open
+        finally:
+            connection.close()
+        # host 3 has no broker: connection refused there
+        assert not lan.call(3, mrt.amqp_ping, lan.address(3), 5672, 0.5)
+        # each broker's own namespace sees it on loopback
+        assert lan.broker(1).answers() and lan.broker(1).url.startswith(
+            "amqp://guest:guest@127.0.0.1:5672"
+        )
+        lan.broker(1).stop_app()
+        assert not lan.call(3, mrt.amqp_ping, lan.address(1), 5672, 0.5)
+        lan.broker(1).start_app()
+        assert lan.call(3, mrt.amqp_ping, lan.address(1), 5672, 1.0)
+    assert _lan_namespaces(lan.id) == []
+    assert not set(node_names) & set(mrt._marked_nodes().values())
