@@ -379,12 +379,7 @@ class CacheFileChart(ActiveObject):
         if not isinstance(request, _Request) or request is not self._request:
             return False  # stale internal event (should not happen)
         try:
-            if shared:
-                acquired = self.file.try_lock(shared=True)
-            else:
-                acquired = self.file.try_lock(
-                    announce=request.failures >= int(os.environ.get("XANN", "0"))
-                )
+            acquired = self.file.try_lock(shared=shared)
         except OSError as error:
             self._problem("lock", "cannot lock %s: %s", self.file.lock_path, error)
             self._fail_request(request)
@@ -413,8 +408,8 @@ class CacheFileChart(ActiveObject):
         """Entry of file_read: read the file; the answer is published once the lock is free."""
         try:
             contents = self.file.read()
-        except OSError as error:
-            self._problem("read", "cannot read %s: %s", self.file_path, error)
+        except Exception as error:  # OSError, or a bug: never kill the chart's thread
+            self._problem("read", "cannot read %s: %r", self.file_path, error)
             self._answer = self._default_answer()
             return False
         expired = contents.repaired or cache_expired(contents.dict, contents.last_modified)
@@ -436,9 +431,9 @@ class CacheFileChart(ActiveObject):
         assert request is not None and request.data is not None
         try:
             self.stats.last_write_mtime = self.file.write(request.data)
-        except OSError as error:
+        except Exception as error:  # OSError, or a bug: never kill the chart's thread
             self.stats.errors += 1
-            self._problem("write", "cannot write %s: %s", self.file_path, error)
+            self._problem("write", "cannot write %s: %r", self.file_path, error)
             return False
         self.stats.writes += 1
         self._last_problem = ""
@@ -492,9 +487,14 @@ class CacheFileChart(ActiveObject):
             target = getattr(target, "file_name", None)
         if target is None:
             return default
-        name = os.fspath(target)  # type: ignore[arg-type]
-        if os.sep in name or (os.altsep is not None and os.altsep in name):
-            return os.path.realpath(name) == self.file.path
+        try:
+            name = os.fspath(target)  # type: ignore[arg-type]
+            if not isinstance(name, str):
+                return False
+            if os.sep in name or (os.altsep is not None and os.altsep in name):
+                return os.path.realpath(name) == self.file.path
+        except (TypeError, ValueError, OSError):
+            return False  # not a usable file name: not addressed to us
         return name == self.file_name
 
     def _problem(self, kind: str, message: str, *args: object) -> None:

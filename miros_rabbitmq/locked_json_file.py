@@ -15,8 +15,10 @@ Locking
     and readers stand back while that one is held, so that a steady stream
     of readers cannot starve writers. ``flock`` locks belong to an open file
     description, so two :class:`LockedJsonFile` objects exclude each other
-    even inside one process (use one object per thread); an object used in a
-    forked child reopens its lock file instead of sharing the parent's.
+    even inside one process (use one object per thread). In a forked child
+    the inherited lock descriptors are closed at once (the parent keeps its
+    lock, and it still ends when the parent dies); the child's objects open
+    their own.
 
 Writing
     :meth:`LockedJsonFile.write` never modifies the file in place: it writes
@@ -57,6 +59,7 @@ import stat
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -131,6 +134,24 @@ def _fsync_directory(path: str) -> None:
         os.close(fd)
 
 
+_lock_files: weakref.WeakSet[_LockFile] = weakref.WeakSet()
+
+
+def _forget_inherited_locks() -> None:
+    """In a forked child, close the lock descriptors inherited from the parent.
+
+    A forked descriptor shares the parent's lock (flock locks belong to the
+    open file description), so the child must not use it as its own, and
+    keeping it open would keep the lock alive after the parent died.
+    """
+    for lock_file in list(_lock_files):
+        lock_file.forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_locks)
+
+
 class _LockFile:
     """A non-blocking OS lock on one side file, shared or exclusive.
 
@@ -145,6 +166,15 @@ class _LockFile:
         self._pid = os.getpid()
         self._held = False
         self._fallback: Any = None  # filelock.FileLock where fcntl is missing
+        _lock_files.add(self)
+
+    def forget_after_fork(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # our copy only: the parent keeps its lock
+        self._fd = None
+        self._held = False
+        self._pid = os.getpid()
 
     @property
     def held(self) -> bool:
@@ -176,13 +206,8 @@ class _LockFile:
         return fd
 
     def _ensure_fd(self) -> int:
-        if self._fd is not None and self._pid != os.getpid():
-            # inherited through fork: the descriptor shares the parent's lock,
-            # so forget it (closing it would not release the parent's lock
-            # either) and open our own
-            self._fd = None
-            self._held = False
-            self._pid = os.getpid()
+        if self._pid != os.getpid():  # forked without the at-fork hook
+            self.forget_after_fork()
         if self._fd is None:
             self._fd = self._open()
         return self._fd
@@ -300,7 +325,7 @@ class LockedJsonFile:
         """True while this object has announced a write it could not start yet."""
         return self._intent.held and not self._lock.held
 
-    def try_lock(self, *, shared: bool = False, announce: bool = True) -> bool:
+    def try_lock(self, *, shared: bool = False) -> bool:
         """Take the lock without waiting; True if it is now held by this object.
 
         ``shared=True`` takes a read lock that other readers may hold at the
@@ -319,8 +344,6 @@ class LockedJsonFile:
             self._make_folder()
             if shared:
                 return self._no_writer_waiting() and self._lock.try_acquire(True)
-            if not announce and not self._intent.held:
-                return self._no_writer_waiting() and self._lock.try_acquire(False)
             if not self._intent.held and not self._intent.try_acquire(False):
                 return False  # another writer is first in line
             return self._lock.try_acquire(False)
@@ -418,8 +441,8 @@ class LockedJsonFile:
         else:
             try:
                 value = json.loads(data)
-            except (ValueError, UnicodeDecodeError) as error:
-                problem = f"not valid JSON ({error})"
+            except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+                problem = f"not valid JSON ({type(error).__name__}: {error})"
             else:
                 if not isinstance(value, dict):
                     problem = f"a JSON {type(value).__name__}, not an object"

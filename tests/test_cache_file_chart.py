@@ -251,7 +251,11 @@ def test_cache_expired_rules(document, age_sec, expired):
 
 
 # ---------------------------------------------------- chart: damaged files
-@pytest.mark.parametrize("damage", [b"", b"   \n", b'{"addresses": [', b"[1, 2, 3]", b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "damage",
+    [b"", b"   \n", b'{"addresses": [', b"[1, 2, 3]", b"\xff\xfe", b"[" * 200_000],
+    ids=["empty", "blank", "truncated", "list", "binary", "deep"],
+)
 def test_empty_or_corrupt_file_is_repaired_by_next_write(
     tmp_path, make_chart, listener, caplog, damage
 ):
@@ -342,6 +346,16 @@ def test_bad_write_payload_is_ignored(tmp_path, make_chart, listener, payload):
 
 
 # ------------------------------------------------------- chart: addressing
+@pytest.mark.parametrize("target", [b"c.json", 42, "bad\0name/x", ["c.json"]])
+def test_odd_targets_are_not_addressed_to_anyone(tmp_path, make_chart, listener, target):
+    path = tmp_path / "c.json"
+    chart = make_chart(str(path), default_json=LAN)
+    listener.write({"time_out_in_minutes": 1}, target)
+    listener.read(str(path))
+    assert listener.get("c.json").dict == LAN  # the chart survived and wrote nothing
+    assert chart.stats.ignored == 1 and chart.thread.is_alive()
+
+
 def test_write_for_another_file_name_is_ignored(tmp_path, make_chart, listener):
     a = make_chart(str(tmp_path / "a.json"), default_json=LAN)
     b = make_chart(str(tmp_path / "b.json"), default_json=LAN)
@@ -552,6 +566,28 @@ def test_locked_json_file_prefers_writers(tmp_path):
     assert late_reader.try_lock(shared=True)
     for f in (reader, writer, late_reader, other_writer):
         f.close()
+
+
+def test_forked_child_does_not_inherit_the_lock(tmp_path):
+    path = tmp_path / "f.json"
+    holder = LockedJsonFile(path)
+    assert holder.try_lock()
+    pid = os.fork()
+    if pid == 0:  # child: only os calls, then _exit
+        code = 0
+        try:
+            if holder.locked:
+                code = 1  # the child must not think it holds the parent's lock
+            elif holder.try_lock(shared=True) or LockedJsonFile(path).try_lock():
+                code = 2  # and must be excluded like any other process
+        except BaseException:
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert holder.locked
+    holder.unlock()
+    holder.close()
 
 
 def test_locked_json_file_update_and_timeout(tmp_path):
@@ -808,7 +844,10 @@ _json_values = st.recursive(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60,
+    deadline=None,
+    database=None,  # write no .hypothesis folder into the work tree
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(document=st.dictionaries(st.text(max_size=10), _json_values, max_size=6))
 def test_locked_json_file_round_trips_any_json_object(tmp_path, document):
