@@ -1,12 +1,16 @@
-"""miros-rabbitmq: networked miros statecharts over RabbitMQ."""
+"""miros-rabbitmq: networked miros statecharts over RabbitMQ.
+
+Names are imported on first use (PEP 562), so a process that only needs, say,
+the cache chart does not pay for loading the AMQP client and cryptography.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from .codec import JSON, PICKLE, Serializer
-from .config import Settings, load_settings
 from .errors import (
     BrokerAuthenticationError,
     BrokerUnreachable,
@@ -17,8 +21,6 @@ from .errors import (
     PeerAddressError,
     SerializationError,
 )
-from .nets import MirosNets
-from .network import NetworkedActiveObject, NetworkedFactory
 from .payloads import (
     AMQPConsumerCheckPayload,
     CacheReadPayload,
@@ -35,6 +37,24 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
+# public name -> module that defines it
+_LAZY = {
+    "NetworkedActiveObject": "network",
+    "NetworkedFactory": "network",
+    "MirosNets": "nets",
+    "Settings": "config",
+    "load_settings": "config",
+    "Serializer": "codec",
+    "PICKLE": "codec",
+    "JSON": "codec",
+    "CacheFileChart": "cache_file_chart",
+    "RabbitConsumerScoutChart": "rabbit_consumer_scout_chart",
+    "LanRecceChart": "lan_recce_chart",
+    "LanChart": "lan_chart",
+    "ManNetChart": "man_net_chart",
+    "ProducerFactoryChart": "producer_factory_chart",
+}
+
 __all__ = [
     "__version__",
     "NetworkedActiveObject",
@@ -45,6 +65,12 @@ __all__ = [
     "Serializer",
     "PICKLE",
     "JSON",
+    "CacheFileChart",
+    "RabbitConsumerScoutChart",
+    "LanRecceChart",
+    "LanChart",
+    "ManNetChart",
+    "ProducerFactoryChart",
     "AMQPConsumerCheckPayload",
     "CacheReadPayload",
     "CacheWritePayload",
@@ -60,3 +86,29 @@ __all__ = [
     "DecodeError",
     "SerializationError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the eager view of the same names
+    from .cache_file_chart import CacheFileChart
+    from .codec import JSON, PICKLE, Serializer
+    from .config import Settings, load_settings
+    from .lan_chart import LanChart
+    from .lan_recce_chart import LanRecceChart
+    from .man_net_chart import ManNetChart
+    from .nets import MirosNets
+    from .network import NetworkedActiveObject, NetworkedFactory
+    from .producer_factory_chart import ProducerFactoryChart
+    from .rabbit_consumer_scout_chart import RabbitConsumerScoutChart

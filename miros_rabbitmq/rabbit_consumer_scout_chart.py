@@ -23,11 +23,15 @@ and releases its connection.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
+import miros.activeobject
+import miros.hsm
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
 from .challenge import ScoutCredentials
@@ -42,6 +46,42 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 0.5  # seconds to wait for a node's answer
 STOP_WAIT = 2.0  # seconds stop() waits for a cancelled probe to release its socket
+
+
+# miros 4.2.1 defines three namedtuple classes inside every chart's __init__
+# (TraceTuple, PostedEventThreadSpec, PostedEvent): about 0.5 ms, most of the
+# cost of making a chart. A LAN recce makes 254 scouts at once, so a scout's
+# __init__ hands miros classes built once instead (same names, same fields).
+_MIROS_MODULES = (miros.activeobject, miros.hsm)
+_reused_classes: dict[tuple[str, tuple[str, ...]], type] = {}
+_reuse_lock = threading.Lock()
+
+
+def _reused_namedtuple(typename: str, field_names: Any, **kwargs: Any) -> type:
+    if kwargs or isinstance(field_names, str):  # not how miros calls it
+        return collections.namedtuple(typename, field_names, **kwargs)
+    key = (typename, tuple(field_names))
+    made = _reused_classes.get(key)
+    if made is None:
+        made = _reused_classes[key] = collections.namedtuple(typename, key[1])
+    return made
+
+
+@contextlib.contextmanager
+def _miros_namedtuples_reused() -> Iterator[None]:
+    """While a scout runs miros's __init__: namedtuple classes are reused, not rebuilt."""
+    with _reuse_lock:
+        saved = [getattr(module, "namedtuple", None) for module in _MIROS_MODULES]
+        if any(original is not collections.namedtuple for original in saved):
+            yield  # not the miros we know: leave it alone
+            return
+        for module in _MIROS_MODULES:
+            module.namedtuple = _reused_namedtuple  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            for module, original in zip(_MIROS_MODULES, saved, strict=True):
+                module.namedtuple = original  # type: ignore[attr-defined]
 
 
 class SearchCriteria(NamedTuple):
@@ -149,7 +189,8 @@ class RabbitConsumerScoutChart(ActiveObject):
                 f"give the exchange once: exchange={exchange!r} or exchange_name={exchange_name!r}")
         if not timeout > 0:
             raise ConfigurationError(f"timeout must be positive, got {timeout!r}")
-        super().__init__(name=str(ip_address))
+        with _miros_namedtuples_reused():
+            super().__init__(name=str(ip_address))
         self.credentials = credentials if credentials is not None else ScoutCredentials()
         self.criteria = SearchCriteria(
             str(ip_address), routing_key, exchange or exchange_name or MESH_EXCHANGE)
