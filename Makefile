@@ -31,7 +31,7 @@ os-packages:
 	@scripts/ensure_os_packages.sh
 
 venv:
-	@scripts/bootstrap.sh
+	@VENV=$(VENV) scripts/bootstrap.sh
 
 demo: broker os-packages venv
 	$(PY) -m miros_rabbitmq demo

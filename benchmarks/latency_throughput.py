@@ -93,8 +93,10 @@ def run_chart_row(latency_events: int, throughput_events: int) -> dict[str, floa
         chart.temp.fun = chart.top
         return return_status.SUPER
 
+    # the burst is buffered until confirmed: give the buffer room for all of it
     sender = NetworkedActiveObject(f"bench_tx_{uuid.uuid4().hex[:6]}", tx_routing_key="bench.tx",
-                                   rx_routing_key="bench.none", peers=[], lan_discovery=False)
+                                   rx_routing_key="bench.none", peers=[], lan_discovery=False,
+                                   max_buffer=throughput_events + 1000)
     sender.start_at(idle)
     time.sleep(0.2)
     for _ in range(latency_events):

@@ -27,6 +27,7 @@ miros_rabbitmq.testing`` works where pytest is not installed.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import itertools
 import os
@@ -387,19 +388,39 @@ def _kill_node_processes(pid: int) -> None:
     _kill(pid)
 
 
+_DATA_DIR_PREFIX = "miros-rabbitnode-"
+#: names of the form ``<letters>-<owner pid>-...`` (RabbitNode's ``mirostest-<pid>-<n>``,
+#: VirtualLan's ``mrlan-<pid>-<n>-h<i>``) say which process owns a node
+_OWNED_NAME = re.compile(r"[A-Za-z]+-(\d+)-")
+
+
+def _owner_is_gone(name: str) -> bool:
+    m = _OWNED_NAME.match(name)
+    return bool(m) and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1)))
+
+
 def cleanup_stray_nodes() -> list[str]:
     """End RabbitNode brokers whose owning test process is gone; return their names.
 
-    Only nodes named ``NODE_PREFIX<pid>-...`` are considered, and only those whose
-    owner pid no longer runs, so parallel test runs on one machine are safe.
+    Only nodes named ``<letters>-<pid>-...`` (the default ``mirostest-<pid>-<n>``) are
+    considered, and only those whose owner pid no longer runs, so parallel test runs
+    on one machine are safe. Data folders such nodes left in the temp folder go too.
     """
     ended = []
-    pattern = re.compile(re.escape(NODE_PREFIX) + r"(\d+)-")
     for pid, name in _marked_nodes().items():
-        m = pattern.match(name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        if _owner_is_gone(name):
             _kill_node_processes(pid)
             ended.append(name)
+    running = set(_marked_nodes().values())
+    tmp = Path(tempfile.gettempdir())
+    try:
+        leftovers = [p for p in tmp.iterdir() if p.name.startswith(_DATA_DIR_PREFIX)]
+    except OSError:
+        leftovers = []
+    for path in leftovers:
+        name = path.name[len(_DATA_DIR_PREFIX) :]
+        if _owner_is_gone(name) and not any(name.startswith(n + "-") for n in running):
+            shutil.rmtree(path, ignore_errors=True)
     return ended
 
 
@@ -419,6 +440,21 @@ def _run_as_rabbitmq() -> tuple[int, int] | None:
     except KeyError:
         return None
     return entry.pw_uid, entry.pw_gid
+
+
+_live_nodes: set[RabbitNode] = set()
+
+
+@atexit.register
+def _kill_live_nodes() -> None:
+    """A process that exits without closing its nodes does not leave brokers behind."""
+    for node in list(_live_nodes):
+        try:
+            node.kill()
+            if node._own_dir and node._base_dir is not None:
+                shutil.rmtree(node._base_dir, ignore_errors=True)
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            pass
 
 
 class RabbitNode:
@@ -507,7 +543,7 @@ class RabbitNode:
     @property
     def base_dir(self) -> Path:
         if self._base_dir is None:
-            self._base_dir = Path(tempfile.mkdtemp(prefix=f"miros-rabbitnode-{self.name}-"))
+            self._base_dir = Path(tempfile.mkdtemp(prefix=f"{_DATA_DIR_PREFIX}{self.name}-"))
         return self._base_dir
 
     @property
@@ -638,6 +674,7 @@ class RabbitNode:
             )
         finally:
             console.close()
+        _live_nodes.add(self)
         if wait:
             self.wait_ready(timeout)
         return self
@@ -703,6 +740,7 @@ class RabbitNode:
         self._after_stop()
 
     def _after_stop(self) -> None:
+        _live_nodes.discard(self)
         # a beam.smp of this node that escaped the process group
         for pid, name in _marked_nodes().items():
             if name == self.name:
@@ -820,8 +858,8 @@ def mesh_environment(port: int | None = None) -> dict[str, str]:
     """The variables ``mesh_env`` sets: guest credentials, fresh Fernet keys, no LAN scan."""
     from cryptography.fernet import Fernet
 
-    _, url_port, user, password = _url_parts(local_broker_url())
-    return {
+    host, url_port, user, password = _url_parts(local_broker_url())
+    values = {
         "RABBIT_USER": user,
         "RABBIT_PASSWORD": password,
         "RABBIT_PORT": str(port or url_port),
@@ -830,6 +868,18 @@ def mesh_environment(port: int | None = None) -> dict[str, str]:
         "SNOOP_SPY_ENCRYPTION_KEY": Fernet.generate_key().decode(),
         "MIROS_RABBITMQ_LAN_DISCOVERY": "0",
     }
+    if host not in ("127.0.0.1", "localhost"):
+        values["RABBIT_HOST"] = host
+    return values
+
+
+#: variables of the outer environment that ``mesh_env`` removes so they cannot leak in
+MESH_ENV_CLEARED = (
+    "RABBIT_HOST",
+    "RABBIT_HEARTBEAT_INTERVAL",
+    "CONNECTION_ATTEMPTS",
+    "MIROS_RABBITMQ_ENV_FILE",
+)
 
 
 try:
@@ -884,8 +934,12 @@ if _pytest is not None:
         """Set the .env variables of a node (fresh keys, LAN discovery off) and chdir to tmp_path.
 
         Nothing from an outer ``.env``, hosts file or LAN cache is read: the test runs
-        in an empty folder. Returns the variables set.
+        in an empty folder, and the variables of :data:`MESH_ENV_CLEARED` are unset
+        (``RABBIT_HOST`` is set only when ``MIROS_RABBITMQ_TEST_URL`` names another
+        host). Returns the variables set.
         """
+        for key in MESH_ENV_CLEARED:
+            monkeypatch.delenv(key, raising=False)
         values = mesh_environment()
         for key, value in values.items():
             monkeypatch.setenv(key, value)

@@ -12,6 +12,19 @@ STAMP="$VENV/.bootstrap-stamp"
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
+apt_install() {
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    log "no $PYTHON: installing Debian's python3 and python3-venv"
+    apt_install python3 python3-venv
+fi
+
 venv_ok() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -m pip --version >/dev/null 2>&1; }
 
 make_venv() {
@@ -30,13 +43,9 @@ if ! venv_ok; then
     log "creating $VENV with $($PYTHON --version 2>&1)"
     if ! make_venv; then
         log "'$PYTHON -m venv' failed: installing python3-venv"
-        if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo -n); fi
-        export DEBIAN_FRONTEND=noninteractive
-        "${SUDO[@]}" apt-get update -qq
         # python3.X-venv matches the interpreter; python3-venv is the Debian default
         ver="$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
-        "${SUDO[@]}" apt-get install -y -qq python3-venv "python$ver-venv" >/dev/null 2>&1 \
-            || "${SUDO[@]}" apt-get install -y -qq python3-venv >/dev/null
+        apt_install python3-venv "python$ver-venv" 2>/dev/null || apt_install python3-venv
         make_venv || { log "cannot create $VENV"; exit 1; }
     fi
 fi
@@ -45,6 +54,8 @@ want="$(stamp_of)"
 have="$(cat "$STAMP" 2>/dev/null || true)"
 if [ "$want" != "$have" ]; then
     log "installing the package and its test extra into $VENV"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+    # (pip's notes about this machine's unused find-links folders are noise: filtered)
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+        | { grep -v "^WARNING: Location '.*' is ignored" || true; }
     printf '%s\n' "$want" > "$STAMP"
 fi

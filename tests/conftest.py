@@ -5,8 +5,9 @@
   available everywhere, whether or not the package is pip-installed.
 * Every test fails if it leaves threads running (the miros singletons and
   names listed by ``@pytest.mark.allow_threads("regex", ...)`` excepted).
-* ``@pytest.mark.netns`` tests skip, saying why, unless we are root and
-  ``ip netns`` works.
+* ``@pytest.mark.netns`` tests (and the ``virtual_lan`` fixture, a factory of
+  ``netlab.VirtualLan``) skip, saying why, unless we are root and ``ip netns``
+  works.
 * ``@pytest.mark.broker`` tests skip (fail under CI) unless the local broker
   answers.
 * Under CI (env ``CI`` set) a session in which no test passed fails, so an
@@ -19,9 +20,11 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+from netlab import VirtualLan
 
 from miros_rabbitmq import testing as mrt
 
@@ -82,6 +85,30 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             pytest.skip(message)
 
 
+@pytest.fixture
+def virtual_lan() -> Iterator[Callable[..., VirtualLan]]:
+    """``make(subnet=..., hosts=..., with_brokers=..., ...) -> built VirtualLan``.
+
+    Skips when network namespaces are unavailable; every LAN made is torn down
+    after the test, even when it fails.
+    """
+    reason = netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    lans: list[VirtualLan] = []
+
+    def make(*args: Any, **kwargs: Any) -> VirtualLan:
+        lan = VirtualLan(*args, **kwargs)
+        lans.append(lan)
+        return lan.__enter__()
+
+    try:
+        yield make
+    finally:
+        for lan in reversed(lans):
+            lan.close()
+
+
 @pytest.fixture(autouse=True)
 def _no_thread_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test that leaves new threads running (after a 2 s grace period)."""
@@ -96,20 +123,26 @@ def _no_thread_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         pytest.fail(f"test left {len(leaked)} thread(s) running: {names}", pytrace=False)
 
 
+_ci_no_pass = False
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _ci_no_pass
     if not in_ci() or exitstatus != 0:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     passed = len(reporter.stats.get("passed", [])) if reporter is not None else 0
     if passed == 0:
+        _ci_no_pass = True
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        if reporter is not None:
-            reporter.write_line(
-                "CI: no test passed (all skipped or none collected): failing the run", red=True
-            )
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _ci_no_pass:
+        terminalreporter.ensure_newline()
+        terminalreporter.write_line(
+            "CI: no test passed (all skipped or deselected): the run fails", red=True, bold=True
+        )
     times = mrt.RabbitNode.start_times
     if times:
         seconds = sorted(t for _, t in times)

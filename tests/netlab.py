@@ -34,6 +34,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -95,6 +96,7 @@ def _end_namespace(name: str) -> None:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
+        time.sleep(0.01)
     _ip("netns", "del", name, check=False)
 
 

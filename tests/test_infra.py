@@ -69,8 +69,17 @@ def test_thread_watcher_names_a_leaked_thread_and_ignores_miros_singletons() -> 
     watcher.check(grace=0.1)
 
 
-def test_mesh_env_sets_fresh_keys_and_an_empty_working_folder(mesh_env, tmp_path) -> None:
+@pytest.fixture
+def outer_env(monkeypatch):
+    monkeypatch.setenv("RABBIT_HOST", "outer.example")
+    monkeypatch.setenv("MIROS_RABBITMQ_ENV_FILE", "/nonexistent/.env")
+
+
+def test_mesh_env_sets_fresh_keys_and_an_empty_working_folder(
+    outer_env, mesh_env, tmp_path
+) -> None:
     assert Path.cwd() == tmp_path
+    assert "RABBIT_HOST" not in os.environ and "MIROS_RABBITMQ_ENV_FILE" not in os.environ
     assert list(tmp_path.iterdir()) == []
     for key in ("RABBIT_USER", "RABBIT_PASSWORD", "RABBIT_PORT", "MIROS_RABBITMQ_LAN_DISCOVERY"):
         assert os.environ[key] == mesh_env[key]
@@ -152,7 +161,7 @@ def test_a_node_of_a_dead_test_process_is_cleaned_up_and_close_removes_its_data(
         base_dir = node.base_dir
         assert node.name in mrt._marked_nodes().values()
         # the next test run finds it by its name and ends it: its "owner" is dead
-        assert mrt.cleanup_stray_nodes() == [node.name]
+        assert node.name in mrt.cleanup_stray_nodes()
         wait_for(
             lambda: node.name not in mrt._marked_nodes().values(), 10, message="the stray to end"
         )
@@ -271,3 +280,24 @@ def test_brokers_in_namespaces_are_reached_over_the_lan(record_property) -> None
         assert lan.call(3, mrt.amqp_ping, lan.address(1), 5672, 1.0)
     assert _lan_namespaces(lan.id) == []
     assert not set(node_names) & set(mrt._marked_nodes().values())
+
+
+@pytest.mark.netns
+def test_virtual_lan_fixture_and_the_broadcast_flag(virtual_lan) -> None:
+    lan = virtual_lan("10.234.0.0/24", hosts=2, ignore_broadcasts=False)
+    assert not lan.ignores_broadcasts(1) and not lan.ignores_broadcasts(2)
+    lan.set_ignore_broadcasts(2, True)
+    assert lan.ignores_broadcasts(2)
+    assert lan.broadcast == "10.234.0.255" and lan.prefixlen == 24
+    with pytest.raises(IndexError):
+        lan.address(3)
+    # a callable run inside host 1 sees host 1's addresses only
+    import ifaddr
+
+    seen = lan.call(
+        1,
+        lambda: sorted(
+            ip.ip for a in ifaddr.get_adapters() for ip in a.ips if isinstance(ip.ip, str)
+        ),
+    )
+    assert seen == ["10.234.0.1", "127.0.0.1"]
