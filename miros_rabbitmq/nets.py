@@ -108,7 +108,12 @@ class MirosNets:
         self.rx_routing_keys = (
             (rx_routing_key,) if isinstance(rx_routing_key, str) else tuple(rx_routing_key))
         self.identity = f"{name}.{uuid.uuid4().hex[:12]}"
+        # where peers reach our broker; discovery sets it to our LAN address when known
         self.origin = f"{settings.rabbit_host}:{settings.rabbit_port}"
+        # on_alien(origin): called (I/O thread, must not block) once per origin of an
+        # authentic mesh message that is neither our broker nor a peer (discovery)
+        self.on_alien: Callable[[str], None] | None = None
+        self._known_origins: set[str] = set()
         self.max_buffer = max_buffer
         self.queue_expires_ms = queue_expires_ms
         self.drops = DropCounter(name)
@@ -264,6 +269,7 @@ class MirosNets:
             return False
         with self._peers_lock:
             link = self._peers.pop(address.identity(), None)
+            self._known_origins.clear()  # a retired peer that messages us is an alien again
         if link is None:
             return False
         self._release(link, flush_timeout=0)
@@ -326,7 +332,26 @@ class MirosNets:
         if len(self._last_seq) > DEDUP_SENDERS:
             self._last_seq.popitem(last=False)
         self.counts["mesh.delivered"] += 1
+        if self.on_alien is not None and envelope.origin not in self._known_origins:
+            self._check_origin(envelope.origin)
         return True
+
+    def _check_origin(self, origin: str) -> None:
+        """Report an origin that is neither our broker nor a peer, once (I/O thread)."""
+        try:
+            key = parse_peer(origin, self.settings).identity()
+        except PeerAddressError:
+            key = None
+        with self._peers_lock:
+            self._known_origins.add(origin)
+            local = self.local_link.identity if self.local_link is not None else None
+            alien = key is not None and key != local and key not in self._peers
+        callback = self.on_alien
+        if alien and callback is not None:
+            try:
+                callback(origin)
+            except Exception:
+                logger.exception("%s: alien callback failed", self.name)
 
     # ------------------------------------------------------------------ observing
     def stats(self) -> dict[str, Any]:

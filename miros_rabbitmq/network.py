@@ -8,6 +8,7 @@ and on every peer broker; the receiver cannot tell it from a local event.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -71,6 +72,24 @@ def read_hosts_file(path: str = HOSTS_FILE) -> list[str]:
     return hosts
 
 
+def _discovery_config(discovery: Any, lan_cache_file: str | None) -> Any:
+    """The DiscoveryConfig of the ``discovery`` / ``lan_cache_file`` keywords."""
+    from .discovery import DiscoveryConfig
+
+    if discovery is None:
+        config = DiscoveryConfig()
+    elif isinstance(discovery, DiscoveryConfig):
+        config = discovery
+    elif isinstance(discovery, dict):
+        config = DiscoveryConfig(**discovery)
+    else:
+        raise ConfigurationError("discovery= takes a miros_rabbitmq.discovery.DiscoveryConfig "
+                                 "or a dict of its fields")
+    if lan_cache_file is not None:
+        config = dataclasses.replace(config, lan_cache_file=lan_cache_file)
+    return config.resolved()  # files relative to the working folder of the constructor
+
+
 class _Networked:
     """What a networked chart adds to a miros chart."""
 
@@ -97,6 +116,8 @@ class _Networked:
         rabbit_host: str | None = None,
         rabbit_port: int | None = None,
         lan_discovery: bool | None = None,
+        discovery: Any = None,
+        lan_cache_file: str | None = None,
     ) -> None:
         if not name:
             raise ConfigurationError("a networked chart needs a name, unique on the mesh")
@@ -110,12 +131,12 @@ class _Networked:
             rabbit_port=rabbit_port,
             lan_discovery=lan_discovery,
         )
+        # no explicit peers: discovery (hosts file, LAN, aliens) finds them once started
+        self._discovery_config = _discovery_config(discovery, lan_cache_file) \
+            if peers is None else None
+        self._discovery: Any = None
         if peers is None:
-            try:
-                peers = read_hosts_file()
-            except ConfigurationError as error:
-                logger.warning("%s: %s; starting without its peers", name, error)
-                peers = []
+            peers = []
         # the queue the network posts into must tell us when it has room again
         self.locking_deque = _RoomyDeque()
         self.queue = self.locking_deque  # type: ignore[assignment]
@@ -157,11 +178,20 @@ class _Networked:
         except Exception:
             snoop.detach(self)
             raise
+        if self._discovery_config is not None and self._discovery is None:
+            from .discovery import Discovery  # never waits: peers join as they are found
+
+            self._discovery = Discovery.attach(self, self._discovery_config)
         super().start_at(initial_state)  # type: ignore[misc]
 
     def stop(self) -> None:
         """Stop the networks (flushing what is buffered, bounded), then the chart."""
         snoop.detach(self)  # publish the snoop lines still queued, stop printing
+        if self._discovery is not None:
+            from .discovery import Discovery
+
+            Discovery.detach(self)
+            self._discovery = None
         self.nets.stop()
         if getattr(self, "thread", None) is not None:
             super().stop()  # type: ignore[misc]
@@ -212,7 +242,9 @@ _NETWORK_DOC = """
     Keyword-only options:
 
     peers: broker addresses to publish to besides the local one (``host``,
-        ``host:port`` or ``amqp://`` URLs); default: ``.miros_rabbitmq_hosts.json``.
+        ``host:port`` or ``amqp://`` URLs). Default (None): discovery finds them
+        (the hosts file ``.miros_rabbitmq_hosts.json``, the LAN, aliens; see
+        docs/discovery.md); ``start_at`` never waits for it.
     serializer: ``PICKLE`` (default: any picklable payload) or ``JSON`` (plain
         data only, never runs code on load) or your own ``Serializer``.
     ttl: refuse messages older than this many seconds (replay window,
@@ -224,6 +256,10 @@ _NETWORK_DOC = """
     rabbit_host, rabbit_port: the local broker (default RABBIT_HOST or
         127.0.0.1, RABBIT_PORT or 5672).
     lan_discovery: find peers on the LAN (default: MIROS_RABBITMQ_LAN_DISCOVERY, on).
+    discovery: a ``miros_rabbitmq.discovery.DiscoveryConfig`` (or a dict of its
+        fields): files, timeouts, networks scanned (with ``peers=None``).
+    lan_cache_file: where the LAN cache lives (default
+        ``.miros_rabbitmq_lan_cache.json`` in the working folder).
     instrumented: (NetworkedActiveObject) as for miros's ActiveObject.
 """
 

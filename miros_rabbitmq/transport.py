@@ -703,7 +703,7 @@ class BrokerLink:
             self._ioloop.remove_timeout(self._reconnect_timer)
             self._reconnect_timer = None
         connection = self._connection
-        if connection is not None and (connection.is_open or connection.is_opening):
+        if connection is not None and not (connection.is_closed or connection.is_closing):
             try:
                 connection.close()
                 return  # _on_closed stops the loop
@@ -854,6 +854,8 @@ def _taken(_body: bytes) -> bool:
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 PROBE_CLOSE_GRACE = 2.0  # seconds a finished probe waits for its broker's Close-Ok
+#: a probe's reason when the port took the connection but no answer came in time
+TIMEOUT_AFTER_CONNECT = "timeout (the port answered; no node holding our key did)"
 
 
 @dataclass(frozen=True)
@@ -918,11 +920,14 @@ class Probe:
         if self.result is not None:  # cancelled before it began
             self._release()
             return
-        self._timer = self._loop.call_later(max(0.001, self._remaining()),
-                                            lambda: self._finish(False, "timeout"))
+        self._timer = self._loop.call_later(max(0.001, self._remaining()), self._on_deadline)
         self._pending = self._services.getaddrinfo(
             self.address.host, self.address.port, self._guarded(self._on_resolved),
             socktype=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+
+    def _on_deadline(self) -> None:
+        # past the TCP knock, silence means a broker without a node that holds our key
+        self._finish(False, "timeout" if self._connection is None else TIMEOUT_AFTER_CONNECT)
 
     def _on_resolved(self, records: Any) -> None:
         self._pending = None

@@ -99,6 +99,8 @@ def test_full_buffer_drops_new_messages_and_reports_them(mesh_env, caplog) -> No
     try:
         for n in range(150):
             chart.transmit(Event(signal=signals.mesh_hello, payload=n))
+            if n % 50 == 49:  # the local broker confirms as we go; the dead peer cannot
+                assert chart.nets.local_link.flush(5)
         stats = chart.nets.stats()
         dead = stats["peers"][next(url for url in stats["peers"] if str(dead_port) in url)]
         assert dead["buffered"] == 100 and dead["dropped_overflow"] == 50
