@@ -742,139 +742,6 @@ class PeerAnswer:
     elapsed: float
 
 
-class DiscoveryBackend:
-    """What ``discover`` needs from the discovery layer.
-
-    ``candidates(network, hosts_file)``: the addresses to scout (a CIDR's
-    hosts, a hosts file's entries, or -- with neither -- the LAN's);
-    ``scout(addresses, on_answer)``: scout them (in parallel), calling
-    ``on_answer(PeerAnswer)`` once per address, from any thread.
-    """
-
-    name = "none"
-
-    def __init__(self, settings: Settings, timeout: float) -> None:
-        self.settings = settings
-        self.timeout = timeout
-
-    def candidates(self, network: str | None, hosts_file: str | None) -> list[str]:
-        addresses: list[str] = []
-        if network:
-            import ipaddress
-
-            try:
-                net = ipaddress.ip_network(network, strict=False)
-            except ValueError as error:
-                fail(f"--network: {error}", EXIT_UNUSABLE)
-            if net.num_addresses > 4096:
-                fail(f"--network {network} has {net.num_addresses} addresses; give /20 or "
-                     "smaller", EXIT_UNUSABLE)
-            addresses.extend(str(ip) for ip in (net.hosts() if net.num_addresses > 2 else net))
-        if hosts_file:
-            from .network import read_hosts_file
-
-            if not os.path.exists(hosts_file):
-                fail(f"no hosts file at {hosts_file}")
-            try:
-                addresses.extend(read_hosts_file(hosts_file))
-            except ConfigurationError as error:
-                fail(str(error))
-        return list(dict.fromkeys(addresses))
-
-    def scout(self, addresses: list[str], on_answer: Callable[[PeerAnswer], None]) -> None:
-        raise NotImplementedError
-
-
-class DiscoveryModuleBackend(DiscoveryBackend):
-    """The discovery layer's own entry points, once ``miros_rabbitmq.discovery`` exists.
-
-    Expected there: ``lan_candidates(settings) -> list[str]`` (the LAN
-    recce's addresses) and ``scout(addresses, *, settings, timeout,
-    on_answer)`` calling ``on_answer(address, found, reason, elapsed)``.
-    """
-
-    name = "discovery"
-
-    def __init__(self, module: Any, settings: Settings, timeout: float) -> None:
-        super().__init__(settings, timeout)
-        self.module = module
-
-    def candidates(self, network: str | None, hosts_file: str | None) -> list[str]:
-        if network or hosts_file:
-            return super().candidates(network, hosts_file)
-        return list(self.module.lan_candidates(self.settings))
-
-    def scout(self, addresses: list[str], on_answer: Callable[[PeerAnswer], None]) -> None:
-        self.module.scout(addresses, settings=self.settings, timeout=self.timeout,
-                          on_answer=lambda a, f, r, e: on_answer(PeerAnswer(a, f, r, e)))
-
-
-class ScoutChartBackend(DiscoveryBackend):
-    """Scouting with :class:`RabbitConsumerScoutChart`, a bounded number at a time."""
-
-    name = "scout"
-    PARALLEL = 64
-
-    def candidates(self, network: str | None, hosts_file: str | None) -> list[str]:
-        if not network and not hosts_file:
-            if os.path.exists(HOSTS_FILE):
-                return super().candidates(None, HOSTS_FILE)
-            fail("LAN discovery is not available yet; give --network CIDR or --hosts FILE",
-                 EXIT_UNUSABLE)
-        return super().candidates(network, hosts_file)
-
-    def scout(self, addresses: list[str], on_answer: Callable[[PeerAnswer], None]) -> None:
-        from .challenge import ScoutCredentials
-        from .nets import MESH_EXCHANGE
-        from .rabbit_consumer_scout_chart import RabbitConsumerScoutChart
-
-        credentials = ScoutCredentials(self.settings)
-        pending = list(addresses)
-        running: list[tuple[Any, float]] = []  # (scout, when it must have answered)
-        try:
-            while pending or running:
-                while pending and len(running) < self.PARALLEL:
-                    address = pending.pop(0)
-                    running.append((RabbitConsumerScoutChart(
-                        address, routing_key="miros.discover", exchange_name=MESH_EXCHANGE,
-                        timeout=self.timeout, credentials=credentials),
-                        time.monotonic() + self.timeout + 10.0))
-                time.sleep(0.02)  # UI pace: the progress bar redraws at this rate
-                for entry in list(running):
-                    scout, deadline = entry
-                    answer = scout.answer
-                    if answer is not None:
-                        on_answer(PeerAnswer(scout.criteria.ip_address, bool(answer.result),
-                                             scout.last_reason, scout.last_elapsed))
-                    elif time.monotonic() > deadline:  # a scout that never answered
-                        on_answer(PeerAnswer(scout.criteria.ip_address, False,
-                                             "the scout did not answer", self.timeout + 10.0))
-                    else:
-                        continue
-                    running.remove(entry)
-                    scout.stop()
-        finally:
-            for scout, _ in running:
-                scout.stop()
-
-
-def discovery_backend(settings: Settings, timeout: float) -> DiscoveryBackend | None:
-    """The best discovery available in this installation, or None."""
-    import importlib
-
-    try:
-        module = importlib.import_module("miros_rabbitmq.discovery")
-    except ImportError:
-        module = None
-    if module is not None and hasattr(module, "scout") and hasattr(module, "lan_candidates"):
-        return DiscoveryModuleBackend(module, settings, timeout)
-    try:
-        importlib.import_module("miros_rabbitmq.rabbit_consumer_scout_chart")
-    except ImportError:
-        return None
-    return ScoutChartBackend(settings, timeout)
-
-
 @cli.command()
 @click.option("--network", "network", metavar="CIDR",
               help="Scout every address of this network (e.g. 192.168.1.0/24).")
@@ -888,39 +755,40 @@ def discover(ctx: Context, network: str | None, hosts_file: str | None, timeout:
 
     A peer is found when a broker there accepts our credentials AND a node
     there proves it holds our mesh key. Without --network/--hosts: the LAN
-    (or the hosts file in this folder).
+    (this host's subnets, as LanRecceChart scans them), unless
+    MIROS_RABBITMQ_LAN_DISCOVERY=0, then the hosts file in this folder.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    settings = _load(ctx, lan_discovery=False)
+    from .discovery import discover_once
+
+    settings = _load(ctx)
     _check_keys(settings)
-    backend = discovery_backend(settings, timeout)
-    if backend is None:
-        fail("discovery not available in this installation", EXIT_UNUSABLE)
-    addresses = backend.candidates(network, hosts_file)
-    if not addresses:
-        fail("nothing to scout (the hosts file is empty)")
-    answers: list[PeerAnswer] = []
+    if not network and not hosts_file and not settings.lan_discovery:
+        if not os.path.exists(HOSTS_FILE):
+            fail("LAN discovery is off (MIROS_RABBITMQ_LAN_DISCOVERY=0) and there is no "
+                 f"{HOSTS_FILE}: give --network CIDR or --hosts FILE", EXIT_UNUSABLE)
+        hosts_file = HOSTS_FILE
     with Progress(TextColumn("scouting"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[last]}"), console=ctx.err, transient=True) as bar:
-        task = bar.add_task("scout", total=len(addresses), last="")
-
-        def on_answer(answer: PeerAnswer) -> None:
-            answers.append(answer)
-            bar.update(task, advance=1, last=answer.address)
-
-        backend.scout(addresses, on_answer)
-    order = {address: i for i, address in enumerate(addresses)}
-    answers.sort(key=lambda a: order.get(a.address, len(order)))
-    table = Table(title=f"peers ({sum(a.found for a in answers)} of {len(answers)} found)",
+        task = bar.add_task("scout", total=None, last="")
+        try:
+            reports = discover_once(
+                network=network, hosts_file=hosts_file, timeout=timeout, settings=settings,
+                progress=lambda report: bar.update(task, advance=1, last=report.address))
+        except ConfigurationError as error:
+            fail(str(error), EXIT_UNUSABLE)
+    if not reports:
+        fail("nothing to scout (no addresses found)")
+    table = Table(title=f"peers ({sum(r.found for r in reports)} of {len(reports)} found)",
                   title_justify="left")
     table.add_column("address")
     table.add_column("state")
     table.add_column("answer in", justify="right")
-    for answer in answers:
-        state = Text("mesh node (key proven)", style="green") if answer.found else Text(
-            f"no: {answer.reason or 'no answer'}", style="dim")
-        table.add_row(answer.address, state, f"{answer.elapsed * 1000:.0f} ms")
+    for report in reports:
+        state = Text("mesh node (key proven)", style="green") if report.found else Text(
+            f"{report.state}: {report.reason or 'no answer'}", style="dim")
+        table.add_row(report.address, state, f"{report.elapsed * 1000:.0f} ms")
     ctx.console.print(table)
 
 
