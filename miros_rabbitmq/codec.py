@@ -3,7 +3,8 @@
 Pure logic, no I/O: a :class:`Codec` turns an :class:`Envelope` into a Fernet
 token and back. The plaintext inside the token is::
 
-    b"M1" | u16 header length | header (JSON) | body (the network's serializer)
+    b"M2" | u64 seq | u16 len(signal) | u16 len(sender) | u16 len(origin)
+         | signal name | sender id | origin | body (the network's serializer)
 
 The header carries what the receiver needs before it touches the body: the
 signal name, the sender's identity and sequence number (own-message filter,
@@ -42,8 +43,8 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
 ]
 
-MAGIC = b"M1"
-_HEADER_LEN = struct.Struct("!H")
+MAGIC = b"M2"
+_HEADER = struct.Struct("!2sQHHH")  # magic, seq, three string lengths
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -112,8 +113,12 @@ class Envelope:
     seq: int
     origin: str = ""
 
-    def header(self) -> dict[str, Any]:
-        return {"g": self.signal_name, "s": self.sender, "n": self.seq, "o": self.origin}
+    def header(self) -> bytes:
+        """The plaintext before the body: fixed fields, then the three strings."""
+        signal, sender, origin = (self.signal_name.encode(), self.sender.encode(),
+                                  self.origin.encode())
+        return _HEADER.pack(MAGIC, self.seq, len(signal), len(sender), len(origin)) + (
+            signal + sender + origin)
 
 
 def _fernet(keys: Sequence[Secret | str | bytes]) -> MultiFernet:
@@ -168,8 +173,12 @@ class Codec:
                 f"{self.serializer.name} cannot serialize the payload of "
                 f"{envelope.signal_name}: {type(error).__name__}: {error}"
             ) from None
-        header = json.dumps(envelope.header(), separators=(",", ":")).encode()
-        plaintext = b"".join((MAGIC, _HEADER_LEN.pack(len(header)), header, body))
+        try:
+            header = envelope.header()
+        except (struct.error, UnicodeError):
+            raise SerializationError(
+                f"envelope fields out of range for {envelope.signal_name!r}") from None
+        plaintext = header + body
         return self._fernet.encrypt(plaintext)
 
     def decode(self, token: bytes) -> Envelope:
@@ -185,19 +194,22 @@ class Codec:
             raise DecodeError(self._why_invalid(token)) from None
         except Exception:  # malformed input must never escape the receive loop
             raise DecodeError("garbage") from None
-        if plaintext[:2] != MAGIC or len(plaintext) < 4:
-            raise DecodeError("garbage", "no envelope inside the token")
-        (length,) = _HEADER_LEN.unpack_from(plaintext, 2)
         try:
-            header = json.loads(plaintext[4 : 4 + length])
-            signal_name = str(header["g"])
-            sender = str(header["s"])
-            seq = int(header["n"])
-            origin = str(header.get("o", ""))
-        except Exception:
+            magic, seq, signal_len, sender_len, origin_len = _HEADER.unpack_from(plaintext)
+            if magic != MAGIC:
+                raise ValueError("no envelope inside the token")
+            start = _HEADER.size
+            fields = []
+            for length in (signal_len, sender_len, origin_len):
+                fields.append(plaintext[start:start + length].decode())
+                start += length
+            if start > len(plaintext):
+                raise ValueError("truncated envelope")
+        except (struct.error, ValueError):  # UnicodeDecodeError is a ValueError
             raise DecodeError("garbage", "bad envelope header") from None
+        signal_name, sender, origin = fields
         try:
-            payload = self.serializer.loads(plaintext[4 + length :])
+            payload = self.serializer.loads(plaintext[start:])
         except Exception as error:
             raise DecodeError("deserialize", type(error).__name__) from None
         return Envelope(signal_name, payload, sender, seq, origin)

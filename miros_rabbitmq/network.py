@@ -225,7 +225,9 @@ class _Networked:
             if len(queue.deque) >= RECEIVE_LIMIT:
                 return False  # back-pressure: the delivery stays unacked in RabbitMQ
             queue.on_room = None
-        event = Event(signal=signal_number(envelope.signal_name), payload=envelope.payload)
+        signal_number(envelope.signal_name)  # registers a new name under a lock
+        # by name: miros looks an int signal up by a linear scan of every signal
+        event = Event(signal=envelope.signal_name, payload=envelope.payload)
         self.post_fifo(event)  # type: ignore[attr-defined]
         return True
 

@@ -232,10 +232,13 @@ class Consumer:
         self.expires_ms = expires_ms
         self.prefetch = prefetch
         self.ready = threading.Event()
+        self.waits = 0  # how often the receiver had no room (back-pressure)
         self.link: BrokerLink | None = None
         self._parked: collections.deque[tuple[Any, int, bytes]] = collections.deque()
         self._channel: Any = None
         self._tag: str | None = None
+        self._ack_upto = 0  # highest delivery tag taken but not yet acked
+        self._ack_timer: Any = None
 
     def __repr__(self) -> str:
         return f"Consumer(queue={self.queue!r}, exchange={self.exchange!r}, keys={self.routing_keys!r})"
@@ -252,8 +255,9 @@ class Consumer:
             self._parked.append((channel, method.delivery_tag, body))
             return
         if self._call(body):
-            channel.basic_ack(method.delivery_tag)
+            self._ack(channel, method.delivery_tag)
         else:
+            self.waits += 1  # back-pressure: the receiver had no room
             self._parked.append((channel, method.delivery_tag, body))
 
     def _drain_parked(self) -> None:
@@ -265,7 +269,35 @@ class Consumer:
             if not self._call(body):
                 return
             self._parked.popleft()
-            channel.basic_ack(tag)
+            self._ack(channel, tag)
+
+    def _ack(self, channel: Any, tag: int) -> None:
+        """Ack ``tag`` and everything before it, once per pass of the I/O loop.
+
+        The consumer has a channel of its own and takes deliveries in order
+        (parked ones wait their turn), so one ``multiple`` ack settles a batch.
+        """
+        self._ack_upto = tag
+        if self._ack_timer is None and self.link is not None:
+            self._ack_timer = self.link._ioloop.call_later(0, self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._ack_timer = None
+        channel, tag = self._channel, self._ack_upto
+        self._ack_upto = 0
+        if tag and channel is not None and channel.is_open:
+            channel.basic_ack(tag, multiple=True)
+
+    def _forget_channel(self) -> None:
+        """The channel is gone: what it held unacked comes back from the broker."""
+        if self._ack_timer is not None and self.link is not None:
+            self.link._ioloop.remove_timeout(self._ack_timer)
+        self._ack_timer = None
+        self._ack_upto = 0
+        self._channel = None
+        self._tag = None
+        self._parked.clear()
+        self.ready.clear()
 
     def _call(self, body: bytes) -> bool:
         try:
@@ -332,7 +364,6 @@ class BrokerLink:
         self._ioloop = IOLoop()
         self._connection: Any = None
         self._pub_channel: Any = None
-        self._con_channel: Any = None
         self._pub_ready = False
         self._next_tag = 0
         self._attempt = 0
@@ -509,18 +540,17 @@ class BrokerLink:
             logger.info("connected to %s", self.address)
         self.last_error = None
         connection.channel(on_open_callback=self._on_pub_channel)
-        connection.channel(on_open_callback=self._on_con_channel)
+        for consumer in self._consumers:
+            self._open_consumer_channel(consumer)
 
     def _on_closed(self, _connection: Any, reason: BaseException) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
         self._pub_ready = False
         self._pub_channel = None
-        self._con_channel = None
         self._requeue_unconfirmed()
         for consumer in self._consumers:
-            consumer.ready.clear()
-            consumer._parked.clear()  # unacked: the broker redelivers them
+            consumer._forget_channel()
         if self._closing:
             self._ioloop.stop()
             return
@@ -634,18 +664,32 @@ class BrokerLink:
     def _add_consumer(self, consumer: Consumer) -> None:
         if consumer not in self._consumers:
             self._consumers.append(consumer)
-        self._setup_consumer(consumer)
+        self._open_consumer_channel(consumer)
 
-    def _on_con_channel(self, channel: Any) -> None:
-        self._con_channel = channel
-        channel.add_on_close_callback(self._on_channel_closed)
-        for consumer in self._consumers:
-            self._setup_consumer(consumer)
+    def _open_consumer_channel(self, consumer: Consumer) -> None:
+        """Each consumer gets a channel of its own (its acks can then be batched)."""
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            return  # set up when the connection opens
 
-    def _setup_consumer(self, consumer: Consumer) -> None:
-        channel = self._con_channel
-        if channel is None or not channel.is_open:
-            return  # set up when the channel opens
+        def on_open(channel: Any) -> None:
+            if consumer not in self._consumers:  # removed meanwhile
+                channel.close()
+                return
+            channel.add_on_close_callback(
+                lambda ch, reason: self._on_consumer_channel_closed(consumer, ch, reason))
+            self._setup_consumer(consumer, channel)
+
+        connection.channel(on_open_callback=on_open)
+
+    def _on_consumer_channel_closed(self, consumer: Consumer, channel: Any,
+                                    reason: BaseException) -> None:
+        if consumer._channel is channel:
+            consumer._forget_channel()
+        if consumer in self._consumers:  # not a removal: start clean, with backoff
+            self._on_channel_closed(channel, reason)
+
+    def _setup_consumer(self, consumer: Consumer, channel: Any) -> None:
         consumer._channel = channel
         arguments: dict[str, Any] = {}
         if consumer.expires_ms:
@@ -680,18 +724,26 @@ class BrokerLink:
     def _remove_consumer(self, consumer: Consumer, delete_queue: bool, done: threading.Event) -> None:
         if consumer in self._consumers:
             self._consumers.remove(consumer)
-        consumer.ready.clear()
-        consumer._parked.clear()
-        channel = self._con_channel
+        channel = consumer._channel
         if channel is None or not channel.is_open:
+            consumer._forget_channel()
             done.set()
             return
+        if consumer._ack_timer is not None:
+            self._ioloop.remove_timeout(consumer._ack_timer)
+            consumer._flush_acks()  # what the chart took is acked, not redelivered
+
+        def finish(_frame: Any = None) -> None:
+            consumer._forget_channel()
+            if channel.is_open:
+                channel.close()
+            done.set()
 
         def after_cancel(_frame: Any = None) -> None:
             if delete_queue and consumer.queue:
-                channel.queue_delete(consumer.queue, callback=lambda _f: done.set())
+                channel.queue_delete(consumer.queue, callback=finish)
             else:
-                done.set()
+                finish()
 
         if consumer._tag:
             channel.basic_cancel(consumer._tag, callback=after_cancel)

@@ -253,9 +253,8 @@ def test_replays_and_oversized_messages_are_dropped_by_reason(mesh_env) -> None:
         key = os.environ["MESH_ENCRYPTION_KEY"].encode()
         codec = Codec([key])
         fresh = codec.encode(Envelope("mesh_hello", "once", "attacker.copy", 7))
-        plaintext = Fernet(key).decrypt(fresh)
-        stale = Fernet(key).encrypt_at_time(plaintext.replace(b'"n":7', b'"n":8'),
-                                            int(time.time()) - 3600)
+        later = Fernet(key).decrypt(codec.encode(Envelope("mesh_hello", "old", "attacker.copy", 8)))
+        stale = Fernet(key).encrypt_at_time(later, int(time.time()) - 3600)
         huge = codec.encode(Envelope("mesh_hello", "x" * 20_000, "attacker.copy", 9))
         _publish_raw([fresh, fresh, stale, huge], "h.tx")
         wait_for(lambda: receiver.nets.stats()["duplicates"] == 1
