@@ -30,6 +30,18 @@ from cryptography.fernet import Fernet  # noqa: E402
 PLAIN_EXCHANGE = "bench.plain.exchange"
 
 
+def row(latencies: list[float], sent: int, received: int, seconds: float) -> dict[str, float]:
+    """One printed row: latency percentiles in ms, delivered events/s."""
+    return {
+        "p50": percentile(latencies, 50) * 1e3,
+        "p95": percentile(latencies, 95) * 1e3,
+        "p99": percentile(latencies, 99) * 1e3,
+        "rate": received / max(1e-9, seconds),
+        "sent": sent,
+        "received": received,
+    }
+
+
 def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
@@ -106,7 +118,6 @@ def run_chart_row(latency_events: int, throughput_events: int) -> dict[str, floa
     start = time.monotonic()
     for _ in range(throughput_events):
         sender.transmit(Event(signal=signals.BENCH, payload=(time.monotonic(), throughput_events)))
-    send_seconds = time.monotonic() - start
     try:
         kind, (_first, last, count) = results.get(timeout=120)
     except Exception as error:
@@ -115,15 +126,7 @@ def run_chart_row(latency_events: int, throughput_events: int) -> dict[str, floa
     stop.set()
     receiver.join(30)
     sender.stop()
-    return {
-        "p50": percentile(latencies, 50) * 1e3,
-        "p95": percentile(latencies, 95) * 1e3,
-        "p99": percentile(latencies, 99) * 1e3,
-        "rate": count / max(1e-9, last - start),
-        "sent": throughput_events,
-        "received": count,
-        "send_rate": throughput_events / send_seconds,
-    }
+    return row(latencies, throughput_events, count, last - start)
 
 
 # ------------------------------------------------------------------ plain pika row
@@ -183,7 +186,6 @@ def run_plain_row(latency_events: int, throughput_events: int, url: str) -> dict
     tag = str(throughput_events).encode()
     for _ in range(throughput_events):
         channel.basic_publish(PLAIN_EXCHANGE, "bench.tx", tag + b":%r" % time.monotonic())
-    send_seconds = time.monotonic() - start
     try:
         _, (_, last, count) = results.get(timeout=120)
     except Exception:
@@ -191,15 +193,7 @@ def run_plain_row(latency_events: int, throughput_events: int, url: str) -> dict
     channel.basic_publish(PLAIN_EXCHANGE, "bench.tx", b"X:0")
     receiver.join(30)
     connection.close()
-    return {
-        "p50": percentile(latencies, 50) * 1e3,
-        "p95": percentile(latencies, 95) * 1e3,
-        "p99": percentile(latencies, 99) * 1e3,
-        "rate": count / max(1e-9, last - start),
-        "sent": throughput_events,
-        "received": count,
-        "send_rate": throughput_events / send_seconds,
-    }
+    return row(latencies, throughput_events, count, last - start)
 
 
 def main() -> int:

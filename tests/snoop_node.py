@@ -23,6 +23,13 @@ from miros_rabbitmq import NetworkedActiveObject
 from miros_rabbitmq.snoop import PUMP
 
 
+def say(marker: str) -> None:
+    """One write with its newline: print() writes the newline separately, and
+    the snoop printer thread may write in between."""
+    sys.stdout.write(marker + "\n")
+    sys.stdout.flush()
+
+
 @spy_on
 def outer(chart, e):
     status = return_status.UNHANDLED
@@ -74,11 +81,11 @@ def main() -> int:
     deadline = time.monotonic() + 10
     while not all(listener.ready.is_set() for listener in chart._snoop.listeners.values()):
         if time.monotonic() > deadline:
-            print("@@NOTREADY", flush=True)
+            say("@@NOTREADY")
             return 1
         time.sleep(0.01)
     assert chart.nets.consumer is not None and chart.nets.consumer.ready.wait(10)
-    print("@@READY", flush=True)
+    say("@@READY")
     done = threading.Event()
 
     def read_stdin() -> None:

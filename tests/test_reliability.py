@@ -44,6 +44,27 @@ def idle(chart, e):
     return return_status.SUPER
 
 
+def recording(received: list, *, slow: float = 0.0):
+    """A state that records the payload of every mesh_hello (slowly, if asked)."""
+
+    @spy_on
+    def listening(chart, e):
+        if e.signal == signals.mesh_hello:
+            if slow:
+                time.sleep(slow)  # a slow handler: the chart's queue fills up
+            received.append(e.payload)
+            return return_status.HANDLED
+        chart.temp.fun = chart.top
+        return return_status.SUPER
+
+    return listening
+
+
+def networked(prefix: str, tx: str, rx: str, **options) -> NetworkedActiveObject:
+    return NetworkedActiveObject(f"{prefix}_{uuid.uuid4().hex[:6]}", tx_routing_key=tx,
+                                 rx_routing_key=rx, peers=[], lan_discovery=False, **options)
+
+
 def check(result) -> None:
     for report in result.reports:
         assert report.received == result.sent, report
@@ -114,21 +135,10 @@ def test_full_buffer_drops_new_messages_and_reports_them(mesh_env, caplog) -> No
 
 def test_stats_count_what_happened(mesh_env) -> None:
     received: list[object] = []
-
-    @spy_on
-    def listening(chart, e):
-        if e.signal == signals.mesh_hello:
-            received.append(e.payload)
-            return return_status.HANDLED
-        chart.temp.fun = chart.top
-        return return_status.SUPER
-
-    sender = NetworkedActiveObject(f"st_tx_{uuid.uuid4().hex[:6]}", tx_routing_key="st.tx",
-                                   rx_routing_key="st.none", peers=[], lan_discovery=False)
-    receiver = NetworkedActiveObject(f"st_rx_{uuid.uuid4().hex[:6]}", tx_routing_key="st.none",
-                                     rx_routing_key="st.tx", peers=[], lan_discovery=False)
+    sender = networked("st_tx", "st.tx", "st.none")
+    receiver = networked("st_rx", "st.none", "st.tx")
     sender.start_at(idle)
-    receiver.start_at(listening)
+    receiver.start_at(recording(received))
     try:
         for n in range(10):
             sender.transmit(Event(signal=signals.mesh_hello, payload=n))
@@ -147,22 +157,10 @@ def test_stats_count_what_happened(mesh_env) -> None:
 def test_slow_chart_gets_back_pressure_not_silent_drops(mesh_env) -> None:
     """miros drops the oldest event beyond 500 queued; the network must wait instead."""
     received: list[int] = []
-
-    @spy_on
-    def slow(chart, e):
-        if e.signal == signals.mesh_hello:
-            time.sleep(0.001)
-            received.append(e.payload)
-            return return_status.HANDLED
-        chart.temp.fun = chart.top
-        return return_status.SUPER
-
-    sender = NetworkedActiveObject(f"bp_tx_{uuid.uuid4().hex[:6]}", tx_routing_key="bp.tx",
-                                   rx_routing_key="bp.none", peers=[], lan_discovery=False)
-    receiver = NetworkedActiveObject(f"bp_rx_{uuid.uuid4().hex[:6]}", tx_routing_key="bp.none",
-                                     rx_routing_key="bp.tx", peers=[], lan_discovery=False)
+    sender = networked("bp_tx", "bp.tx", "bp.none")
+    receiver = networked("bp_rx", "bp.none", "bp.tx")
     sender.start_at(idle)
-    receiver.start_at(slow)
+    receiver.start_at(recording(received, slow=0.001))
     try:
         for n in range(2000):
             sender.transmit(Event(signal=signals.mesh_hello, payload=n))
@@ -236,19 +234,8 @@ def _publish_raw(bodies: list[bytes], routing_key: str) -> None:
 
 def test_replays_and_oversized_messages_are_dropped_by_reason(mesh_env) -> None:
     received: list[object] = []
-
-    @spy_on
-    def listening(chart, e):
-        if e.signal == signals.mesh_hello:
-            received.append(e.payload)
-            return return_status.HANDLED
-        chart.temp.fun = chart.top
-        return return_status.SUPER
-
-    receiver = NetworkedActiveObject(f"hostile_{uuid.uuid4().hex[:6]}", tx_routing_key="h.none",
-                                     rx_routing_key="h.tx", peers=[], lan_discovery=False,
-                                     max_message_bytes=10_000)
-    receiver.start_at(listening)
+    receiver = networked("hostile", "h.none", "h.tx", max_message_bytes=10_000)
+    receiver.start_at(recording(received))
     try:
         key = os.environ["MESH_ENCRYPTION_KEY"].encode()
         codec = Codec([key])
@@ -269,20 +256,9 @@ def test_replays_and_oversized_messages_are_dropped_by_reason(mesh_env) -> None:
 def test_keys_rotate_at_run_time_without_downtime(mesh_env) -> None:
     old, new = os.environ["MESH_ENCRYPTION_KEY"], Fernet.generate_key().decode()
     received: list[object] = []
-
-    @spy_on
-    def listening(chart, e):
-        if e.signal == signals.mesh_hello:
-            received.append(e.payload)
-            return return_status.HANDLED
-        chart.temp.fun = chart.top
-        return return_status.SUPER
-
-    receiver = NetworkedActiveObject(f"rot_rx_{uuid.uuid4().hex[:6]}", tx_routing_key="r.none",
-                                     rx_routing_key="r.tx", peers=[], lan_discovery=False)
-    sender = NetworkedActiveObject(f"rot_tx_{uuid.uuid4().hex[:6]}", tx_routing_key="r.tx",
-                                   rx_routing_key="r.none", peers=[], lan_discovery=False)
-    receiver.start_at(listening)
+    receiver = networked("rot_rx", "r.none", "r.tx")
+    sender = networked("rot_tx", "r.tx", "r.none")
+    receiver.start_at(recording(received))
     sender.start_at(idle)
     try:
         receiver.nets.set_keys("mesh", [old, new])  # step 1: everyone accepts the new key
