@@ -100,13 +100,14 @@ class RelayNode(NetworkedActiveObject):
         self.received += 1
         self.latencies_ms.append(latency)
         ball, lap = payload["ball"], int(payload["lap"])
-        what = f"BALL({ball}, lap {lap}/{self.laps})"
-        self.show(f"{self.name:>8} got {what:<26} from {payload['from']:<8} {latency:7.2f} ms")
+        # pass the ball on first, then talk about it: printing is slow
         if ball == self.name:  # our own ball is back: one lap done
             if lap < self.laps:
                 self.send_ball(ball, lap + 1)
         else:
             self.send_ball(ball, lap)
+        what = f"BALL({ball}, lap {lap}/{self.laps})"
+        self.show(f"{self.name:>8} got {what:<26} from {payload['from']:<8} {latency:7.2f} ms")
         if self.received >= self.expected:
             self.post_fifo(Event(signal=signals.ALL_ARRIVED))
 
