@@ -160,15 +160,16 @@ def run_three_nodes(key: str, node_args: list[str], cli: list[list[str]] | None 
             return True
 
         wait_for(everyone_saw_everyone, 40, "every node to print every node's transitions")
-    finally:
+    finally:  # every process is told to stop before anything is asserted
         for node in nodes.values():
             if node.process.poll() is None:
                 node.send("STOP")
-        for node in nodes.values():
-            assert node.finish() == 0, node.err
         for watcher in watchers:
             if watcher.process.poll() is None:
                 watcher.process.send_signal(signal.SIGINT)
+        codes = {name: node.finish() for name, node in nodes.items()}
+    for name, code in codes.items():
+        assert code == 0, nodes[name].err
     return nodes, watchers
 
 
