@@ -82,9 +82,9 @@ class Timers:
                 return
             old = self._timers.pop(key, None)
             self._timers[key] = timer
+            timer.start()  # under the lock: close() never meets a timer not yet started
         if old is not None:
             old.cancel()
-        timer.start()
 
     def _fire(self, key: Hashable, callback: Callable[[], Any]) -> None:
         with self._lock:
@@ -115,7 +115,7 @@ class Timers:
         for timer in timers:
             timer.cancel()
         for timer in timers:
-            if timer is not threading.current_thread():
+            if timer is not threading.current_thread() and timer.ident is not None:
                 timer.join(1.0)
 
 
