@@ -172,36 +172,31 @@ def scribble_text(name: str, message: str, when: datetime | None = None) -> str:
 # --------------------------------------------------------------------------- printing
 
 
-class _Printer:
-    """One thread per process writing snoop lines to stdout; never blocks a caller.
+class _SharedWorker:
+    """A thread per process that runs while somebody uses it (refcounted).
 
-    ``offer`` appends to a bounded queue (a full queue drops the line and
-    counts it); the thread writes and flushes. Refcounted: it runs while
-    somebody listens.
+    Subclasses set ``thread_name`` and implement ``_run``, which ends once
+    ``_thread`` is no longer itself (``release`` of the last user notifies
+    ``_wake``).
     """
 
-    def __init__(self, max_backlog: int = MAX_PRINT_BACKLOG) -> None:
-        self.max_backlog = max_backlog
-        self.dropped = 0
-        self.printed = 0
+    thread_name = "miros-rabbitmq-worker"
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._lines: collections.deque[tuple[Callable[[str], None] | None, str]] = (
-            collections.deque())
         self._users = 0
         self._thread: threading.Thread | None = None
-        self._busy = False
 
     def acquire(self) -> None:
         with self._lock:
             self._users += 1
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="miros-rabbitmq-snoop-print",
+                self._thread = threading.Thread(target=self._run, name=self.thread_name,
                                                 daemon=True)
                 self._thread.start()
 
     def release(self, timeout: float = 2.0) -> None:
-        self.flush(timeout)
         with self._lock:
             self._users -= 1
             thread = self._thread if self._users <= 0 else None
@@ -211,6 +206,33 @@ class _Printer:
                 self._wake.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+
+    def _run(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _Printer(_SharedWorker):
+    """One thread per process writing snoop lines to stdout; never blocks a caller.
+
+    ``offer`` appends to a bounded queue (a full queue drops the line and
+    counts it); the thread writes and flushes. Refcounted: it runs while
+    somebody listens.
+    """
+
+    thread_name = "miros-rabbitmq-snoop-print"
+
+    def __init__(self, max_backlog: int = MAX_PRINT_BACKLOG) -> None:
+        super().__init__()
+        self.max_backlog = max_backlog
+        self.dropped = 0
+        self.printed = 0
+        self._lines: collections.deque[tuple[Callable[[str], None] | None, str]] = (
+            collections.deque())
+        self._busy = False
+
+    def release(self, timeout: float = 2.0) -> None:
+        self.flush(timeout)
+        super().release(timeout)
 
     def offer(self, line: str, write: Callable[[str], None] | None = None) -> bool:
         with self._lock:
@@ -434,7 +456,7 @@ def _keys_of(settings: Settings, network: str) -> tuple[Secret, ...]:
 # --------------------------------------------------------------------------- publishing
 
 
-class _Pump:
+class _Pump(_SharedWorker):
     """One thread per process publishing the snoop records of every chart, in order.
 
     :meth:`offer` is what the charts' live trace/spy callbacks call on their
@@ -442,33 +464,13 @@ class _Pump:
     dropped because the queue is full).
     """
 
+    thread_name = "miros-rabbitmq-snoop-pump"
+
     def __init__(self, max_pending: int = MAX_PENDING, max_batch: int = MAX_BATCH) -> None:
+        super().__init__()
         self.max_pending = max_pending
         self.max_batch = max_batch
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
         self._items: collections.deque[tuple[ChartSnoop, str, SnoopRecord]] = collections.deque()
-        self._users = 0
-        self._thread: threading.Thread | None = None
-
-    def acquire(self) -> None:
-        with self._lock:
-            self._users += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="miros-rabbitmq-snoop-pump",
-                                                daemon=True)
-                self._thread.start()
-
-    def release(self, timeout: float = 2.0) -> None:
-        with self._lock:
-            self._users -= 1
-            thread = self._thread if self._users <= 0 else None
-            if thread is not None:
-                self._users = 0
-                self._thread = None
-                self._wake.notify_all()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
 
     def offer(self, source: ChartSnoop, network: str, record: SnoopRecord) -> bool:
         with self._lock:
