@@ -53,7 +53,7 @@ from miros_rabbitmq.lan_recce_chart import (
 from miros_rabbitmq.man_net_chart import ManNetChart
 from miros_rabbitmq.payloads import ConnectionDiscoveryPayload, ProducerQueue
 from miros_rabbitmq.producer_factory_chart import ProducerFactoryChart
-from miros_rabbitmq.testing import free_port, mesh_environment, wait_for
+from miros_rabbitmq.testing import EventRecorder, free_port, mesh_environment, wait_for
 from miros_rabbitmq.transport import LINKS, BrokerAddress, parse_peer
 
 HERE = Path(__file__).parent
@@ -144,19 +144,30 @@ def test_a_url_entry_is_scouted_without_its_password_in_the_scout_name(mesh_env)
 # =========================================================================== loopback helpers
 
 
-class Spy:
+class Recording:
+    """Records (signal name, payload) pairs; tests wait for one that matches."""
+
+    def __init__(self) -> None:
+        self.recorder = EventRecorder()
+
+    def wait(self, predicate: Callable[[str, Any], bool], timeout: float = 5.0) -> tuple[str, Any]:
+        items = self.recorder.wait_until(
+            lambda items: any(predicate(*item) for item in items), timeout, repr(self))
+        return next(item for item in items if predicate(*item))
+
+
+class Spy(Recording):
     """An instrumented chart that records what the fabric publishes (and what is posted)."""
 
     def __init__(self, *signal_names: str) -> None:
-        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self.seen: list[tuple[str, Any]] = []
+        super().__init__()
         names = set(signal_names)
-        spy = self
+        record = self.recorder.record
 
         @spy_on
         def watching(chart, e):
             if e.signal_name in names:
-                spy.events.put((e.signal_name, e.payload))
+                record((e.signal_name, e.payload))
                 return return_status.HANDLED
             chart.temp.fun = chart.top
             return return_status.SUPER
@@ -166,40 +177,22 @@ class Spy:
         for name in names:
             self.chart._subscribe(Event(signal=name), "fifo")
 
-    def wait(self, predicate: Callable[[str, Any], bool], timeout: float = 5.0) -> tuple[str, Any]:
-        deadline = time.monotonic() + timeout
-        for item in self.seen:
-            if predicate(*item):
-                return item
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"timed out; seen {self.seen!r}")
-            try:
-                item = self.events.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            self.seen.append(item)
-            if predicate(*item):
-                return item
-
     def stop(self) -> None:
         self.chart.stop()
 
 
-class Node:
+class Node(Recording):
     """A networked chart (uninstrumented, like much user code) recording what it gets."""
 
     def __init__(self, name: str, *, workdir: Path, **kwargs: Any) -> None:
-        self.received: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self.seen: list[tuple[str, Any]] = []
+        super().__init__()
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        received = self.received
+        record = self.recorder.record
 
         def listening(chart, e):
             if e.signal_name in ("hello", "PEER_JOINED", "PEER_LEFT"):
-                received.put((e.signal_name, e.payload))
+                record((e.signal_name, e.payload))
                 return return_status.HANDLED
             chart.temp.fun = chart.top
             return return_status.SUPER
@@ -225,23 +218,6 @@ class Node:
     def send(self, text: str) -> None:
         self.chart.transmit(Event(signal=signals.hello, payload={"from": self.chart.name,
                                                                   "text": text}))
-
-    def wait(self, predicate: Callable[[str, Any], bool], timeout: float = 5.0) -> tuple[str, Any]:
-        deadline = time.monotonic() + timeout
-        for item in self.seen:
-            if predicate(*item):
-                return item
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"{self.chart.name}: timed out; seen {self.seen!r}")
-            try:
-                item = self.received.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            self.seen.append(item)
-            if predicate(*item):
-                return item
 
     def hello_from(self, name: str, timeout: float = 5.0) -> tuple[str, Any]:
         return self.wait(lambda s, p: s == "hello" and p["from"] == name, timeout)
@@ -489,7 +465,7 @@ def test_a_departed_peer_is_retired_and_comes_back(make_node, extra_rabbitmq_nod
     finally:
         broker.start_app()
     near.wait(lambda s, p: s == "PEER_JOINED" and
-              sum(1 for x, _ in near.seen if x == "PEER_JOINED") >= 2, 30)
+              sum(1 for x, _ in near.recorder.items if x == "PEER_JOINED") >= 2, 30)
     assert factory.departed() == []
 
     def delivered() -> bool:
@@ -519,7 +495,7 @@ def test_scouts_are_never_events_nor_peers_and_new_peers_never_deafen(
     assert not [k for k in a.chart.nets.stats()["dropped"] if k.startswith("mesh.")]
     assert a.chart.nets.stats()["delivered"] == 0
     assert a.chart.other_urls() == []  # no peer from scouting (b never messaged a yet)
-    assert a.received.empty()
+    assert len(a.recorder) == 0
     # a learns of b (alien) while running: its consumer is untouched, it keeps hearing
     b.send("one")
     a.hello_from("talker_b")
