@@ -112,7 +112,12 @@ def run_chart_row(latency_events: int, throughput_events: int) -> dict[str, floa
     sender.start_at(idle)
     time.sleep(0.2)
     for _ in range(latency_events):
-        sender.transmit(Event(signal=signals.BENCH, payload=(time.monotonic(), "latency")))
+        # the clock starts at transmit(), not before the Event is built (the
+        # plain row, likewise, has its body ready when its clock starts)
+        payload = [0.0, "latency"]
+        event = Event(signal=signals.BENCH, payload=payload)
+        payload[0] = time.monotonic()
+        sender.transmit(event)
         time.sleep(0.002)  # one at a time: the previous one has long arrived
     kind, latencies = results.get(timeout=60)
     start = time.monotonic()

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from miros import Event, signals
 
-from miros_rabbitmq.codec import JSON, PICKLE, Codec, Envelope
+from miros_rabbitmq.codec import JSON, PICKLE, Codec, Envelope, make_event, signal_number
 from miros_rabbitmq.config import Secret, load_settings
 from miros_rabbitmq.errors import ConfigurationError, DecodeError, SerializationError
 from miros_rabbitmq.nets import MirosNets
@@ -38,6 +38,23 @@ def test_miros_events_travel_by_signal_name() -> None:
     assert event.signal_name == "some_inner_signal" and event.payload == {"a": 1}
     with pytest.raises(TypeError):  # plain pickle still cannot: we did not patch miros
         pickle.loads(pickle.dumps(inner))
+
+
+@pytest.mark.parametrize("name", ["mesh_known", "mesh_brand_new_signal", "ENTRY_SIGNAL"])
+def test_make_event_is_what_miros_builds(name: str) -> None:
+    ours = make_event(name, {"p": 1})
+    theirs = Event(signal=name, payload={"p": 1})
+    assert type(ours) is type(theirs)
+    assert vars(ours) == vars(theirs)  # signal, signal_name, payload
+    assert ours.signal == signals[name] and ours.has_payload()
+
+
+@pytest.mark.parametrize("name", ["keys", "append", "items", "__class__", "name with spaces"])
+def test_any_signal_name_from_the_network_gets_a_number(name: str) -> None:
+    # a name that is also a dict method or dunder must not break the receive path
+    number = signal_number(name)
+    assert isinstance(number, int) and signals[name] == number
+    assert make_event(name, None).signal_name == name
 
 
 @pytest.mark.parametrize("token, reason", [

@@ -405,3 +405,47 @@ def test_passwords_never_show(charts, caplog) -> None:
     for text in (chart.this_url(), repr(chart.nets), repr(chart.settings), str(chart.nets.stats())):
         assert f":{password}@" not in text and "password='" not in text
     assert f":{password}@" not in caplog.text
+
+
+def test_chart_queue_keeps_miros_locking_deque_behaviour() -> None:
+    from miros.activeobject import LockingDeque
+
+    from miros_rabbitmq.network import RESUME_BELOW, _RoomyDeque
+
+    ours, theirs = _RoomyDeque(), LockingDeque()
+    for queue_ in (ours, theirs):
+        for item in range(3):
+            queue_.append(item)
+        queue_.appendleft("first")
+    assert list(ours.deque) == list(theirs.deque) == ["first", 0, 1, 2]
+    assert ours.qsize() == theirs.qsize() == len(ours) == 4
+    for _ in range(4):
+        ours.wait(timeout=1)
+        ours.popleft()
+        ours.task_done()
+    with pytest.raises(queue.Empty):
+        ours.wait(timeout=0.01)
+
+    # full: like miros, the newest queued event gives way; tokens match events
+    for queue_ in (ours, theirs):
+        queue_.clear()
+        for item in range(queue_.deque.maxlen + 2):
+            queue_.append(item)
+    assert list(ours.deque) == list(theirs.deque)
+    assert ours.qsize() == len(ours)
+
+    # the network's "room again" callback fires once the queue drains below the mark
+    called: list[int] = []
+    ours.on_room = lambda: called.append(len(ours))
+    while len(ours) >= RESUME_BELOW:
+        ours.popleft()
+    assert called == [RESUME_BELOW - 1] and ours.on_room is None
+
+    # a thread waiting on the queue wakes for an append
+    ours.clear()
+    woke = threading.Event()
+    waiter = threading.Thread(target=lambda: (ours.wait(timeout=5), woke.set()))
+    waiter.start()
+    ours.append("go")
+    assert woke.wait(5)
+    waiter.join(5)

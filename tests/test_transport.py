@@ -1,0 +1,161 @@
+"""BrokerLink's send path against the real local broker.
+
+A publish made while the link's I/O thread waits for the network is written
+on the caller's thread (it joins the loop under the loop's lock); otherwise it
+is queued for the I/O thread. These tests drive both at once, from several
+threads, with deliveries and confirms flowing on the same connection.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from miros_rabbitmq.config import Secret
+from miros_rabbitmq.testing import wait_for
+from miros_rabbitmq.transport import BrokerAddress, BrokerLink, Consumer
+
+
+@pytest.fixture
+def address(rabbitmq_url: str) -> BrokerAddress:
+    url = urllib.parse.urlsplit(rabbitmq_url)
+    vhost = urllib.parse.unquote(url.path[1:]) if len(url.path) > 1 else "/"
+    return BrokerAddress(url.hostname or "127.0.0.1", url.port or 5672, vhost,
+                         urllib.parse.unquote(url.username or "guest"),
+                         Secret(urllib.parse.unquote(url.password or "guest")))
+
+
+@pytest.fixture
+def link(address: BrokerAddress) -> Iterator[BrokerLink]:
+    link = BrokerLink(address, max_buffer=100_000)
+    assert link.connected.wait(10), link.last_error
+    yield link
+    link.close(flush_timeout=5)
+
+
+class Inbox:
+    """What a consumer received, as a list, under a lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.bodies: list[bytes] = []
+
+    def take(self, body: bytes) -> bool:
+        with self.lock:
+            self.bodies.append(body)
+        return True
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.bodies)
+
+
+def consume(link: BrokerLink, exchange: str, key: str, inbox: Inbox) -> Consumer:
+    consumer = Consumer(exchange=exchange, routing_keys=[key], on_message=inbox.take,
+                        queue=f"test.transport.{uuid.uuid4().hex[:8]}")
+    link.declare_exchange(exchange)
+    link.add_consumer(consumer)
+    assert consumer.ready.wait(10)
+    return consumer
+
+
+def test_threads_publishing_at_once_lose_nothing_and_keep_their_order(link) -> None:
+    exchange = f"test.transport.{uuid.uuid4().hex[:6]}"
+    inbox = Inbox()
+    consumer = consume(link, exchange, "t.#", inbox)
+    per_thread, threads = 3000, 4
+
+    def publish(index: int) -> None:
+        for seq in range(per_thread):
+            assert link.publish(exchange, "t.x", b"%d:%d" % (index, seq))
+            if seq % 500 == 0:
+                time.sleep(0.001)  # let the loop go idle: the next one goes out directly
+
+    workers = [threading.Thread(target=publish, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert wait_for(lambda: inbox.count() == per_thread * threads, timeout=30), inbox.count()
+    assert link.flush(10)
+    seen: dict[int, list[int]] = {}
+    for body in inbox.bodies:
+        index, seq = body.split(b":")
+        seen.setdefault(int(index), []).append(int(seq))
+    assert {index: len(seqs) for index, seqs in seen.items()} == {i: per_thread for i in range(threads)}
+    for seqs in seen.values():
+        assert seqs == sorted(seqs)  # each thread's messages in the order it sent them
+    assert link.stats.confirmed == per_thread * threads and link.stats.nacked == 0
+    link.remove_consumer(consumer)
+
+
+def test_single_publish_on_an_idle_link_goes_out_without_the_io_thread(link) -> None:
+    exchange = f"test.transport.{uuid.uuid4().hex[:6]}"
+    inbox = Inbox()
+    consumer = consume(link, exchange, "one", inbox)
+    assert link.flush(5)
+    time.sleep(0.05)  # the loop is back in its wait for the network
+    drains: list[float] = []
+    original = link._drain_outbox
+
+    def counting_drain() -> None:
+        drains.append(time.monotonic())
+        original()
+
+    link._drain_outbox = counting_drain  # type: ignore[method-assign]
+    connection = link._connection
+    buffered_writes: list[int] = []
+    emit = connection._adapter_emit_data
+
+    def counting_emit(data: bytes) -> None:
+        buffered_writes.append(len(data))
+        emit(data)
+
+    connection._adapter_emit_data = counting_emit
+    frames_before = connection.frames_sent
+    assert link.publish(exchange, "one", b"direct")
+    assert wait_for(lambda: inbox.count() == 1, timeout=5)
+    assert inbox.bodies == [b"direct"]
+    assert drains == []  # it never went through the I/O thread's queue
+    assert buffered_writes == []  # nor through pika's write buffer: straight to the socket
+    assert connection.frames_sent - frames_before >= 3  # method, header, body (+ the ack)
+    link.remove_consumer(consumer)
+
+
+def test_a_message_larger_than_the_socket_takes_keeps_its_place(link) -> None:
+    exchange = f"test.transport.{uuid.uuid4().hex[:6]}"
+    inbox = Inbox()
+    consumer = consume(link, exchange, "big", inbox)
+    big = bytes(range(256)) * (16 * 1024)  # 4 MiB: the socket takes a part, pika the rest
+    bodies = [b"before", big, b"after-1", b"after-2"]
+    for body in bodies:
+        assert link.publish(exchange, "big", body)
+    assert wait_for(lambda: inbox.count() == len(bodies), timeout=30), inbox.count()
+    assert inbox.bodies == bodies
+    assert link.flush(10)
+    link.remove_consumer(consumer)
+
+
+def test_publish_from_the_io_thread_is_queued_not_deadlocked(link) -> None:
+    exchange = f"test.transport.{uuid.uuid4().hex[:6]}"
+    inbox = Inbox()
+    echoes = consume(link, exchange, "echo", inbox)
+
+    def bounce(body: bytes) -> bool:  # runs on the link's I/O thread, which holds the lock
+        return link.publish(exchange, "echo", b"echo:" + body)
+
+    source = Consumer(exchange=exchange, routing_keys=["ping"], on_message=bounce,
+                      queue=f"test.transport.{uuid.uuid4().hex[:8]}")
+    link.add_consumer(source)
+    assert source.ready.wait(10)
+    for seq in range(50):
+        link.publish(exchange, "ping", b"%d" % seq)
+    assert wait_for(lambda: inbox.count() == 50, timeout=10), inbox.count()
+    assert inbox.bodies == [b"echo:%d" % seq for seq in range(50)]
+    link.remove_consumer(source)
+    link.remove_consumer(echoes)
