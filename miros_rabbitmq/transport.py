@@ -269,7 +269,8 @@ class _SharedLoop(IOLoop):
     The loop's thread holds :attr:`lock` whenever it runs, and lets go of it
     only while it waits for the network. A thread that gets the lock then may
     use the connection as if it were the loop's own thread, for as long as it
-    holds it (:meth:`guest`). Publishing this way saves the hand-off to the
+    holds it, between :meth:`enter_guest` and :meth:`leave_guest`.
+    Publishing this way saves the hand-off to the
     I/O thread (a wake-up and a pass of the loop: ~100 us, more while the
     publishing thread keeps the GIL).
     """
