@@ -27,8 +27,8 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 
+from _bench import default_environment  # noqa: E402
 from _fault_scenario import run_scenario  # noqa: E402
-from cryptography.fernet import Fernet  # noqa: E402
 
 from miros_rabbitmq.testing import RabbitNode  # noqa: E402
 
@@ -40,10 +40,8 @@ def main() -> int:
     parser.add_argument("--slow", type=float, default=0.0002,
                         help="seconds the receiving handler spends per event")
     args = parser.parse_args()
-    os.environ.setdefault("RABBIT_USER", "guest")
-    os.environ.setdefault("RABBIT_PASSWORD", "guest")
-    os.environ.setdefault("MESH_ENCRYPTION_KEY", Fernet.generate_key().decode())
-    os.environ["MIROS_RABBITMQ_LAN_DISCOVERY"] = "0"
+    default_environment()
+    os.environ["MIROS_RABBITMQ_LAN_DISCOVERY"] = "0"  # even when the environment says otherwise
     local_port = int(os.environ.get("RABBIT_PORT", "5672"))
 
     failures = 0

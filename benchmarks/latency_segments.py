@@ -27,12 +27,7 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 
-from cryptography.fernet import Fernet  # noqa: E402
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))]
+from _bench import default_environment, percentile  # noqa: E402
 
 
 def receiver(ready: mp.Event, stop: mp.Event, results: mp.Queue, name: str, expected: int) -> None:
@@ -78,10 +73,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1000)
     args = parser.parse_args()
-    os.environ.setdefault("RABBIT_USER", "guest")
-    os.environ.setdefault("RABBIT_PASSWORD", "guest")
-    os.environ.setdefault("MESH_ENCRYPTION_KEY", Fernet.generate_key().decode())
-    os.environ.setdefault("MIROS_RABBITMQ_LAN_DISCOVERY", "0")
+    default_environment()
 
     ctx = mp.get_context("spawn")
     ready, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()

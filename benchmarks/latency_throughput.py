@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 
-from cryptography.fernet import Fernet  # noqa: E402
+from _bench import default_environment, percentile  # noqa: E402
 
 PLAIN_EXCHANGE = "bench.plain.exchange"
 BLOCK = 50  # latency events per turn of a row
@@ -51,12 +51,6 @@ def row(latencies: list[float], sent: int, received: int, seconds: float) -> dic
         "sent": sent,
         "received": received,
     }
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 # ------------------------------------------------------------------ receivers (own processes)
@@ -232,10 +226,7 @@ def main() -> int:
     parser.add_argument("--latency-events", type=int, default=1000)
     parser.add_argument("--throughput-events", type=int, default=20000)
     args = parser.parse_args()
-    os.environ.setdefault("RABBIT_USER", "guest")
-    os.environ.setdefault("RABBIT_PASSWORD", "guest")
-    os.environ.setdefault("MESH_ENCRYPTION_KEY", Fernet.generate_key().decode())
-    os.environ.setdefault("MIROS_RABBITMQ_LAN_DISCOVERY", "0")
+    default_environment()
     url = (f"amqp://{os.environ['RABBIT_USER']}:{os.environ['RABBIT_PASSWORD']}"
            f"@127.0.0.1:{os.environ.get('RABBIT_PORT', '5672')}/%2F")
     ctx = mp.get_context("spawn")

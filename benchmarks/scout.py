@@ -27,13 +27,13 @@ import argparse
 import logging
 import os
 import queue
-import socket
 import sys
 import time
 import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 
+from _bench import percentile  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 from miros import ActiveObject, Event, return_status, signals, spy_on  # noqa: E402
 
@@ -41,27 +41,10 @@ from miros_rabbitmq.challenge import ScoutCredentials  # noqa: E402
 from miros_rabbitmq.config import load_settings  # noqa: E402
 from miros_rabbitmq.nets import MirosNets  # noqa: E402
 from miros_rabbitmq.rabbit_consumer_scout_chart import RabbitConsumerScoutChart  # noqa: E402
+from miros_rabbitmq.testing import closed_ports  # noqa: E402
 from miros_rabbitmq.transport import PROBER  # noqa: E402
 
 WRONG = [0]  # answers of the current row that were not the expected one
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def closed_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 class Answers:

@@ -54,6 +54,7 @@ __all__ = [
     "amqp_ping",
     "broker_answers",
     "cleanup_stray_nodes",
+    "closed_ports",
     "free_port",
     "local_broker_url",
     "masked_url",
@@ -237,6 +238,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def closed_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports nobody listens on (the kernel handed them out and took them back)."""
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind((host, 0))
+        sockets.append(sock)
+    ports = [int(sock.getsockname()[1]) for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
 
 
 _AMQP_HEADER = b"AMQP\x00\x00\x09\x01"

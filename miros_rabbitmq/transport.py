@@ -641,14 +641,13 @@ class BrokerLink:
                     self.stats.dropped_snoop += 1
                     return False
                 overflowed = buffered >= self.max_buffer
+                direct = wake = False
                 if overflowed:
                     self.stats.dropped_overflow += 1
-                    direct = wake = False
                 else:
                     # nothing may overtake what is already queued
                     direct = (joined and self._pub_ready and not self._outbox
                               and message.exchange in self._exchanges)
-                    wake = False
                     if direct:
                         self._next_tag += 1
                         self._unconfirmed[self._next_tag] = message

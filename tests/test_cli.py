@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import stat
 import subprocess
 import sys
@@ -17,28 +16,16 @@ import xml.etree.ElementTree as ElementTree
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from cli_process import REPO, clean_env
 from cryptography.fernet import Fernet
 from dotenv import dotenv_values
 
 from miros_rabbitmq import NetworkedActiveObject
+from miros_rabbitmq.testing import free_port
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(REPO, "tests", "golden")
-SETTING_VARIABLES = ("RABBIT_USER", "RABBIT_PASSWORD", "RABBIT_HOST", "RABBIT_PORT",
-                     "MESH_ENCRYPTION_KEY", "SNOOP_TRACE_ENCRYPTION_KEY",
-                     "SNOOP_SPY_ENCRYPTION_KEY", "MIROS_RABBITMQ_ENV_FILE", "NO_COLOR")
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 COMMANDS = [[], ["keygen"], ["init"], ["doctor"], ["discover"], ["hosts"], ["hosts", "add"],
             ["hosts", "remove"], ["hosts", "list"], ["snoop"], ["sequence"], ["demo"]]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SETTING_VARIABLES}
-    env["PYTHONPATH"] = os.pathsep.join([REPO] + [p for p in env.get("PYTHONPATH", "").split(
-        os.pathsep) if p])
-    env["MIROS_RABBITMQ_LAN_DISCOVERY"] = "0"
-    env.update(extra)
-    return env
 
 
 def cli(tmp_path, *args: str, env: dict[str, str] | None = None,
@@ -51,12 +38,6 @@ def cli(tmp_path, *args: str, env: dict[str, str] | None = None,
 def last_line(result: subprocess.CompletedProcess[str]) -> str:
     lines = result.stderr.strip().splitlines()
     return lines[-1] if lines else ""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_env(folder, **values: str) -> None:

@@ -4,39 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
 
 import pytest
+from cli_process import ANSI, clean_env, run_cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTING_VARIABLES = ("RABBIT_USER", "RABBIT_PASSWORD", "RABBIT_HOST", "RABBIT_PORT",
-                     "MESH_ENCRYPTION_KEY", "SNOOP_TRACE_ENCRYPTION_KEY",
-                     "SNOOP_SPY_ENCRYPTION_KEY", "MIROS_RABBITMQ_ENV_FILE")
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
+from miros_rabbitmq.testing import free_port
+
 pytestmark = pytest.mark.broker
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SETTING_VARIABLES}
-    env["PYTHONPATH"] = os.pathsep.join([REPO] + [p for p in env.get("PYTHONPATH", "").split(
-        os.pathsep) if p])
-    env["MIROS_RABBITMQ_LAN_DISCOVERY"] = "0"
-    env.update(extra)
-    return env
-
-
-def run_cli(args: list[str], cwd: str, env: dict[str, str],
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "miros_rabbitmq", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_demo_without_settings_uses_guest_and_a_throwaway_key(tmp_path) -> None:

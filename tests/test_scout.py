@@ -12,7 +12,6 @@ import os
 import queue
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -41,7 +40,7 @@ from miros_rabbitmq.errors import DecodeError
 from miros_rabbitmq.nets import MESH_EXCHANGE, MirosNets
 from miros_rabbitmq.payloads import AMQPConsumerCheckPayload
 from miros_rabbitmq.rabbit_consumer_scout_chart import RabbitConsumerScoutChart
-from miros_rabbitmq.testing import wait_for
+from miros_rabbitmq.testing import closed_ports, wait_for
 from miros_rabbitmq.transport import PROBER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,19 +48,6 @@ TIMEOUT = 0.5  # the scout's default
 SLACK = 0.35  # scheduling slack on a busy 2-core machine
 
 pytestmark = pytest.mark.broker
-
-
-def closed_ports(count: int) -> list[int]:
-    """Distinct ports nothing listens on (the kernel handed them out and took them back)."""
-    sockets = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 # ------------------------------------------------------------------ fixtures

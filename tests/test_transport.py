@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.parse
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from miros_rabbitmq.config import Secret
+from miros_rabbitmq.config import load_settings
 from miros_rabbitmq.testing import wait_for
-from miros_rabbitmq.transport import BrokerAddress, BrokerLink, Consumer
+from miros_rabbitmq.transport import BrokerAddress, BrokerLink, Consumer, parse_peer
 
 
 @pytest.fixture
-def address(rabbitmq_url: str) -> BrokerAddress:
-    url = urllib.parse.urlsplit(rabbitmq_url)
-    vhost = urllib.parse.unquote(url.path[1:]) if len(url.path) > 1 else "/"
-    return BrokerAddress(url.hostname or "127.0.0.1", url.port or 5672, vhost,
-                         urllib.parse.unquote(url.username or "guest"),
-                         Secret(urllib.parse.unquote(url.password or "guest")))
+def address(rabbitmq_url: str, mesh_env: dict[str, str]) -> BrokerAddress:
+    return parse_peer(rabbitmq_url, load_settings())
 
 
 @pytest.fixture
