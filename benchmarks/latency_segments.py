@@ -33,7 +33,8 @@ from _bench import default_environment, percentile  # noqa: E402
 def receiver(ready: mp.Event, stop: mp.Event, results: mp.Queue, name: str, expected: int) -> None:
     from miros import return_status, signals
 
-    from miros_rabbitmq import NetworkedActiveObject, network, transport
+    from miros_rabbitmq import NetworkedActiveObject, transport
+    from miros_rabbitmq.mesh import networked as network
 
     stamps: dict[str, list[float]] = {"delivered": [], "posted": [], "handler": [], "sent": []}
     deliver = transport.Consumer._deliver

@@ -37,10 +37,10 @@ from _bench import percentile  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 from miros import ActiveObject, Event, return_status, signals, spy_on  # noqa: E402
 
-from miros_rabbitmq.challenge import ScoutCredentials  # noqa: E402
 from miros_rabbitmq.config import load_settings  # noqa: E402
-from miros_rabbitmq.nets import MirosNets  # noqa: E402
-from miros_rabbitmq.rabbit_consumer_scout_chart import RabbitConsumerScoutChart  # noqa: E402
+from miros_rabbitmq.discovery.rabbit_consumer_scout_chart import RabbitConsumerScoutChart  # noqa: E402
+from miros_rabbitmq.mesh.challenge import ScoutCredentials  # noqa: E402
+from miros_rabbitmq.mesh.nets import MirosNets  # noqa: E402
 from miros_rabbitmq.testing import closed_ports  # noqa: E402
 from miros_rabbitmq.transport import PROBER  # noqa: E402
 

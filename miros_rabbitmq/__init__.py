@@ -11,7 +11,7 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from miros_rabbitmq.errors import (
     BrokerAuthenticationError,
     BrokerUnreachable,
     ConfigurationError,
@@ -21,7 +21,7 @@ from .errors import (
     PeerAddressError,
     SerializationError,
 )
-from .payloads import (
+from miros_rabbitmq.payloads import (
     AMQPConsumerCheckPayload,
     CacheReadPayload,
     CacheWritePayload,
@@ -39,20 +39,20 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # public name -> module that defines it
 _LAZY = {
-    "NetworkedActiveObject": "network",
-    "NetworkedFactory": "network",
-    "MirosNets": "nets",
+    "NetworkedActiveObject": "mesh.networked",
+    "NetworkedFactory": "mesh.networked",
+    "MirosNets": "mesh.nets",
     "Settings": "config",
     "load_settings": "config",
-    "Serializer": "codec",
-    "PICKLE": "codec",
-    "JSON": "codec",
-    "CacheFileChart": "cache_file_chart",
-    "RabbitConsumerScoutChart": "rabbit_consumer_scout_chart",
-    "LanRecceChart": "lan_recce_chart",
-    "LanChart": "lan_chart",
-    "ManNetChart": "man_net_chart",
-    "ProducerFactoryChart": "producer_factory_chart",
+    "Serializer": "wire.codec",
+    "PICKLE": "wire.codec",
+    "JSON": "wire.codec",
+    "CacheFileChart": "cache.cache_file_chart",
+    "RabbitConsumerScoutChart": "discovery.rabbit_consumer_scout_chart",
+    "LanRecceChart": "discovery.lan_recce_chart",
+    "LanChart": "discovery.lan_chart",
+    "ManNetChart": "discovery.man_net_chart",
+    "ProducerFactoryChart": "discovery.producer_factory_chart",
 }
 
 __all__ = [
@@ -102,13 +102,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager view of the same names
-    from .cache_file_chart import CacheFileChart
-    from .codec import JSON, PICKLE, Serializer
-    from .config import Settings, load_settings
-    from .lan_chart import LanChart
-    from .lan_recce_chart import LanRecceChart
-    from .man_net_chart import ManNetChart
-    from .nets import MirosNets
-    from .network import NetworkedActiveObject, NetworkedFactory
-    from .producer_factory_chart import ProducerFactoryChart
-    from .rabbit_consumer_scout_chart import RabbitConsumerScoutChart
+    from miros_rabbitmq.cache.cache_file_chart import CacheFileChart
+    from miros_rabbitmq.config import Settings, load_settings
+    from miros_rabbitmq.discovery.lan_chart import LanChart
+    from miros_rabbitmq.discovery.lan_recce_chart import LanRecceChart
+    from miros_rabbitmq.discovery.man_net_chart import ManNetChart
+    from miros_rabbitmq.discovery.producer_factory_chart import ProducerFactoryChart
+    from miros_rabbitmq.discovery.rabbit_consumer_scout_chart import RabbitConsumerScoutChart
+    from miros_rabbitmq.mesh.nets import MirosNets
+    from miros_rabbitmq.mesh.networked import NetworkedActiveObject, NetworkedFactory
+    from miros_rabbitmq.wire.codec import JSON, PICKLE, Serializer

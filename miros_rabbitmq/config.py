@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from dotenv import dotenv_values, find_dotenv
 
-from .errors import ConfigurationError, EnvContractBroken
+from miros_rabbitmq.errors import ConfigurationError, EnvContractBroken
 
 __all__ = ["Secret", "Settings", "load_settings", "mask_url"]
 

@@ -109,7 +109,7 @@ def stress_body(args: Any, ready: Any, wait_for_go: Any) -> dict[str, Any]:
     """One stress worker: build the charts, call ``ready()``, ``wait_for_go()``, run, report."""
     from miros import Event, signals
 
-    from miros_rabbitmq.cache_file_chart import CacheFileChart
+    from miros_rabbitmq.cache.cache_file_chart import CacheFileChart
     from miros_rabbitmq.payloads import CacheWritePayload
 
     rng = random.Random(args.seed * 1_000_003 + args.worker_id)
@@ -216,7 +216,7 @@ def hold(args: argparse.Namespace) -> int:
     """Take the exclusive lock, leave a half-written temporary file, wait to be killed."""
     import tempfile
 
-    from miros_rabbitmq.locked_json_file import LockedJsonFile
+    from miros_rabbitmq.cache.locked_json_file import LockedJsonFile
 
     file = LockedJsonFile(args.file, initial_document())
     file.ensure_exists()
@@ -234,7 +234,7 @@ def hold(args: argparse.Namespace) -> int:
 
 def as_user(args: argparse.Namespace) -> int:
     """Drop to an ordinary user (when root), then create, write and read a cache."""
-    from miros_rabbitmq.cache_file_chart import CacheFileChart
+    from miros_rabbitmq.cache.cache_file_chart import CacheFileChart
     from miros_rabbitmq.payloads import CacheWritePayload
 
     answers: queue.Queue[Any] = queue.Queue()
@@ -396,7 +396,7 @@ def _swarm_forkserver(
             sys.path.insert(0, entry)
     sys.modules.setdefault("cache_worker", sys.modules[__name__])
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["cache_worker", "miros", "miros_rabbitmq.cache_file_chart"])
+    ctx.set_forkserver_preload(["cache_worker", "miros", "miros_rabbitmq.cache.cache_file_chart"])
     go = ctx.Event()
     processes: dict[int, Any] = {}
     connections: dict[Any, int] = {}

@@ -88,7 +88,7 @@ def run_node(args: argparse.Namespace) -> None:
     from miros import ActiveObject, Event, return_status, signals, spy_on
 
     from miros_rabbitmq import NetworkedActiveObject
-    from miros_rabbitmq.discovery import DiscoveryConfig
+    from miros_rabbitmq.discovery.discovery import DiscoveryConfig
 
     os.makedirs(args.workdir, exist_ok=True)
     os.chdir(args.workdir)
@@ -198,7 +198,7 @@ def run_node(args: argparse.Namespace) -> None:
 
 
 def run_recce(args: argparse.Namespace) -> None:
-    from miros_rabbitmq.lan_recce_chart import LanInterface, LanRecceChart, lan_interfaces
+    from miros_rabbitmq.discovery.lan_recce_chart import LanInterface, LanRecceChart, lan_interfaces
 
     handler = _LogLines()
     logging.getLogger("miros_rabbitmq").addHandler(handler)

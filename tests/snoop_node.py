@@ -20,7 +20,7 @@ import time
 from miros import Event, return_status, signals, spy_on
 
 from miros_rabbitmq import NetworkedActiveObject
-from miros_rabbitmq.snoop import PUMP
+from miros_rabbitmq.mesh.snoop import PUMP
 
 
 def say(marker: str) -> None:

@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from miros import Event
 
-from miros_rabbitmq.cache_file_chart import CacheFileChart, cache_expired
+from miros_rabbitmq.cache.cache_file_chart import CacheFileChart, cache_expired
+from miros_rabbitmq.cache.locked_json_file import LockedJsonFile
 from miros_rabbitmq.errors import ConfigurationError
-from miros_rabbitmq.locked_json_file import LockedJsonFile
 from miros_rabbitmq.payloads import CacheReadPayload, CacheWritePayload
 
 _spec = importlib.util.spec_from_file_location(

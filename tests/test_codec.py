@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from miros import Event, signals
 
-from miros_rabbitmq.codec import JSON, PICKLE, Codec, Envelope, make_event, signal_number
 from miros_rabbitmq.config import Secret, load_settings
 from miros_rabbitmq.errors import ConfigurationError, DecodeError, SerializationError
-from miros_rabbitmq.nets import MirosNets
+from miros_rabbitmq.mesh.nets import MirosNets
+from miros_rabbitmq.wire.codec import JSON, PICKLE, Codec, Envelope, make_event, signal_number
 
 KEY = Fernet.generate_key()
 OTHER = Fernet.generate_key()

@@ -32,8 +32,7 @@ from discovery_node import NodeProcess as LanNode  # noqa: E402
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
 from miros_rabbitmq import NetworkedActiveObject, load_settings
-from miros_rabbitmq.challenge import ScoutCredentials
-from miros_rabbitmq.discovery import (
+from miros_rabbitmq.discovery.discovery import (
     BAD_ADDRESS,
     LIVE,
     NO_BROKER,
@@ -44,15 +43,16 @@ from miros_rabbitmq.discovery import (
     classify,
     discover_once,
 )
-from miros_rabbitmq.lan_recce_chart import (
+from miros_rabbitmq.discovery.lan_recce_chart import (
     LanInterface,
     parse_ip_neigh,
     parse_proc_net_arp,
     plan_scan,
 )
-from miros_rabbitmq.man_net_chart import ManNetChart
+from miros_rabbitmq.discovery.man_net_chart import ManNetChart
+from miros_rabbitmq.discovery.producer_factory_chart import ProducerFactoryChart
+from miros_rabbitmq.mesh.challenge import ScoutCredentials
 from miros_rabbitmq.payloads import ConnectionDiscoveryPayload, ProducerQueue
-from miros_rabbitmq.producer_factory_chart import ProducerFactoryChart
 from miros_rabbitmq.testing import EventRecorder, free_port, mesh_environment, wait_for
 from miros_rabbitmq.transport import LINKS, BrokerAddress, parse_peer
 
@@ -129,7 +129,7 @@ def test_probe_reasons_map_to_states() -> None:
 
 
 def test_a_url_entry_is_scouted_without_its_password_in_the_scout_name(mesh_env) -> None:
-    from miros_rabbitmq._discovery_support import ScoutBatch
+    from miros_rabbitmq.discovery._support import ScoutBatch
 
     batch = ScoutBatch(ScoutCredentials(load_settings(lan_discovery=False)),
                        routing_key="k", timeout=0.5)
@@ -312,7 +312,7 @@ def test_hosts_file_live_dead_and_malformed_hosts(mesh_env, tmp_path, spies,
                           "not a host!": BAD_ADDRESS, "127.0.0.1:99999": BAD_ADDRESS}
         assert chart.dead == chart.hosts  # alive and well after four bad hosts
         # the host comes up; EVALUATE_HOSTS_FILE adds it
-        from miros_rabbitmq.nets import MirosNets
+        from miros_rabbitmq.mesh.nets import MirosNets
 
         peer = MirosNets(name="peer_node", settings=peer_settings, tx_routing_key="x",
                          rx_routing_key="x", deliver=lambda _e: True)
@@ -523,7 +523,7 @@ def test_warm_starts_never_hang(make_node, extra_rabbitmq_node) -> None:
 def test_discover_once_reports_every_state(mesh_env, tmp_path, extra_rabbitmq_node) -> None:
     from cryptography.fernet import Fernet
 
-    from miros_rabbitmq.nets import MirosNets
+    from miros_rabbitmq.mesh.nets import MirosNets
 
     settings = load_settings(lan_discovery=False)
     stranger = MirosNets(name="stranger", settings=load_settings(

@@ -28,7 +28,7 @@ from miros_rabbitmq import (
     load_settings,
 )
 from miros_rabbitmq.config import Secret
-from miros_rabbitmq.nets import MESH_EXCHANGE
+from miros_rabbitmq.mesh.nets import MESH_EXCHANGE
 from miros_rabbitmq.testing import wait_for
 from miros_rabbitmq.transport import BrokerAddress
 
@@ -410,7 +410,7 @@ def test_passwords_never_show(charts, caplog) -> None:
 def test_chart_queue_keeps_miros_locking_deque_behaviour() -> None:
     from miros.activeobject import LockingDeque
 
-    from miros_rabbitmq.network import RESUME_BELOW, _RoomyDeque
+    from miros_rabbitmq.mesh.networked import RESUME_BELOW, _RoomyDeque
 
     ours, theirs = _RoomyDeque(), LockingDeque()
     for queue_ in (ours, theirs):

@@ -21,10 +21,10 @@ from miros_rabbitmq import (
     NetworkedActiveObject,
     load_settings,
 )
-from miros_rabbitmq.codec import Codec, Envelope
-from miros_rabbitmq.nets import MESH_EXCHANGE
-from miros_rabbitmq.network import read_hosts_file
+from miros_rabbitmq.mesh.nets import MESH_EXCHANGE
+from miros_rabbitmq.mesh.networked import read_hosts_file
 from miros_rabbitmq.testing import wait_for
+from miros_rabbitmq.wire.codec import Codec, Envelope
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 from _fault_scenario import run_scenario  # noqa: E402

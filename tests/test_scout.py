@@ -26,7 +26,10 @@ import pytest
 from cryptography.fernet import Fernet
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
-from miros_rabbitmq.challenge import (
+from miros_rabbitmq.config import load_settings
+from miros_rabbitmq.discovery.rabbit_consumer_scout_chart import RabbitConsumerScoutChart
+from miros_rabbitmq.errors import DecodeError
+from miros_rabbitmq.mesh.challenge import (
     ANSWER_SIGNAL,
     CHALLENGE_SIGNAL,
     SCOUT_EXCHANGE,
@@ -34,14 +37,11 @@ from miros_rabbitmq.challenge import (
     ScoutCredentials,
     answer,
 )
-from miros_rabbitmq.codec import JSON, Codec, Envelope
-from miros_rabbitmq.config import load_settings
-from miros_rabbitmq.errors import DecodeError
-from miros_rabbitmq.nets import MESH_EXCHANGE, MirosNets
+from miros_rabbitmq.mesh.nets import MESH_EXCHANGE, MirosNets
 from miros_rabbitmq.payloads import AMQPConsumerCheckPayload
-from miros_rabbitmq.rabbit_consumer_scout_chart import RabbitConsumerScoutChart
 from miros_rabbitmq.testing import closed_ports, wait_for
 from miros_rabbitmq.transport import PROBER
+from miros_rabbitmq.wire.codec import JSON, Codec, Envelope
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 0.5  # the scout's default
@@ -265,7 +265,7 @@ def test_miss_on_a_closed_port_is_fast(mesh_env, answers, scouts):
 NETNS_SCOUT = r"""
 import json, queue, sys, time
 from miros import ActiveObject, Event, return_status, signals, spy_on
-from miros_rabbitmq.rabbit_consumer_scout_chart import RabbitConsumerScoutChart
+from miros_rabbitmq.discovery.rabbit_consumer_scout_chart import RabbitConsumerScoutChart
 
 answers = queue.Queue()
 

@@ -18,7 +18,7 @@ from cryptography.fernet import Fernet
 from miros import Event, return_status, signals, spy_on
 
 from miros_rabbitmq import NetworkedActiveObject
-from miros_rabbitmq.snoop import (
+from miros_rabbitmq.mesh.snoop import (
     PRINTER,
     PUMP,
     SPY,

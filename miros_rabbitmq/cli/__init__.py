@@ -31,9 +31,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import __version__
-from .config import Secret, Settings, load_settings
-from .errors import ConfigurationError, EnvContractBroken, Error
+from miros_rabbitmq import __version__
+from miros_rabbitmq.config import Secret, Settings, load_settings
+from miros_rabbitmq.errors import ConfigurationError, EnvContractBroken, Error
 
 __all__ = ["cli", "main", "CliError", "probe_broker", "BrokerProbe"]
 
@@ -95,7 +95,7 @@ def _load(ctx: Context, **overrides: Any) -> Settings:
 
 
 def _check_keys(settings: Settings) -> None:
-    from .codec import Codec
+    from miros_rabbitmq.wire.codec import Codec
 
     for variable, keys in (("MESH_ENCRYPTION_KEY", settings.mesh_keys),
                            ("SNOOP_TRACE_ENCRYPTION_KEY", settings.snoop_trace_keys),
@@ -126,7 +126,7 @@ def probe_broker(host: str, port: int, user: str, password: Secret, *, vhost: st
     A plain TCP connect first (a quick, clear answer for a closed port), then
     a real AMQP login through a private :class:`~miros_rabbitmq.transport.BrokerLink`.
     """
-    from .transport import BrokerAddress, BrokerLink
+    from miros_rabbitmq.transport import BrokerAddress, BrokerLink
 
     started = time.monotonic()
     try:
@@ -267,7 +267,7 @@ def demo(ctx: Context, laps: int, nodes: int, timeout: float) -> None:
     Prints who got what from whom, then a summary; exit code 0 when every
     event arrived, 1 otherwise. Talks to 127.0.0.1 only and never scans a network.
     """
-    from .demo import demo_settings, run_demo, summary_rows
+    from miros_rabbitmq.cli.demo import demo_settings, run_demo, summary_rows
 
     if ctx.env_file and not os.path.exists(ctx.env_file):
         fail(f"{ctx.env_file} does not exist (make one with: miros-rabbitmq init)", EXIT_UNUSABLE)
@@ -329,9 +329,9 @@ def _mask_keys(keys: tuple[Secret, ...]) -> str:
 
 
 def _doctor_checks(env_file: str | None) -> list[Check]:
-    from .codec import Codec
-    from .network import read_hosts_file
-    from .transport import parse_peer
+    from miros_rabbitmq.mesh.networked import read_hosts_file
+    from miros_rabbitmq.transport import parse_peer
+    from miros_rabbitmq.wire.codec import Codec
 
     checks: list[Check] = []
     in_env = [name for name in ("RABBIT_USER", "RABBIT_PASSWORD", "MESH_ENCRYPTION_KEY")
@@ -485,9 +485,9 @@ def doctor(ctx: Context) -> None:
 
 def _hosts_file(path: str) -> Any:
     try:
-        from .locked_json_file import LockedJsonFile
+        from miros_rabbitmq.cache.locked_json_file import LockedJsonFile
     except ImportError:  # pragma: no cover - the module ships with the package
-        fail("hosts editing is not available (miros_rabbitmq.locked_json_file missing)",
+        fail("hosts editing is not available (miros_rabbitmq.cache.locked_json_file missing)",
              EXIT_UNUSABLE)
     return LockedJsonFile(path, {"hosts": []}, mode=0o600)
 
@@ -535,7 +535,7 @@ def hosts(click_ctx: click.Context, path: str, timeout: float) -> None:
 
 
 def _validate_host(entry: str) -> str:
-    from .transport import parse_peer
+    from miros_rabbitmq.transport import parse_peer
 
     text = entry.strip()
     try:
@@ -645,8 +645,8 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, no_color: bool,
     import signal
     import threading
 
-    from . import snoop as snooping
-    from .transport import BrokerAddress
+    from miros_rabbitmq.mesh import snoop as snooping
+    from miros_rabbitmq.transport import BrokerAddress
 
     settings = _load(ctx)
     _check_keys(settings)
@@ -711,7 +711,7 @@ def sequence(logfile: Any, svg_out: str | None, mermaid_out: str | None,
     trace printed ('-' reads stdin); other lines are ignored. Steps are
     numbered in timestamp order across every chart.
     """
-    from .sequence import parse_log, render_mermaid, render_svg, render_text
+    from miros_rabbitmq.view.sequence import parse_log, render_mermaid, render_svg, render_text
 
     trace = parse_log(logfile, charts=charts)
     if not trace.items:
@@ -760,7 +760,7 @@ def discover(ctx: Context, network: str | None, hosts_file: str | None, timeout:
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from .discovery import discover_once
+    from miros_rabbitmq.discovery.discovery import discover_once
 
     settings = _load(ctx)
     _check_keys(settings)

@@ -2,7 +2,7 @@
 
 A miros statechart (one per address; its name is the address) that asks
 whatever listens at ``ip_address`` to answer a challenge only a holder of our
-mesh key can answer (:mod:`miros_rabbitmq.challenge`), and publishes the
+mesh key can answer (:mod:`miros_rabbitmq.mesh.challenge`), and publishes the
 verdict as ``AMQP_CONSUMER_CHECK`` with an
 :class:`~miros_rabbitmq.payloads.AMQPConsumerCheckPayload`::
 
@@ -34,11 +34,11 @@ import miros.activeobject
 import miros.hsm
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
-from .challenge import ScoutCredentials
-from .errors import ConfigurationError, PeerAddressError
-from .nets import MESH_EXCHANGE
-from .payloads import AMQPConsumerCheckPayload
-from .transport import Probe, ProbeResult
+from miros_rabbitmq.errors import ConfigurationError, PeerAddressError
+from miros_rabbitmq.mesh.challenge import ScoutCredentials
+from miros_rabbitmq.mesh.nets import MESH_EXCHANGE
+from miros_rabbitmq.payloads import AMQPConsumerCheckPayload
+from miros_rabbitmq.transport import Probe, ProbeResult
 
 __all__ = ["RabbitConsumerScoutChart", "SearchCriteria", "DEFAULT_TIMEOUT"]
 
@@ -167,7 +167,7 @@ class RabbitConsumerScoutChart(ActiveObject):
     sent along in the challenge and echoed in the answer. ``live_trace`` /
     ``live_spy``: print the chart's trace / spy (the trace is followed by the
     answer's tuple). ``timeout``: seconds before a silent address counts as a
-    miss. ``credentials``: a :class:`~miros_rabbitmq.challenge.ScoutCredentials`
+    miss. ``credentials``: a :class:`~miros_rabbitmq.mesh.challenge.ScoutCredentials`
     to share between scouts; by default one is read from ``.env`` / the
     environment. The scout starts itself.
     """

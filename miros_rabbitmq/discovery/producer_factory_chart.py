@@ -48,12 +48,12 @@ from typing import Any
 
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
-from ._discovery_support import Timers, search_key
-from .challenge import ScoutCredentials
-from .codec import signal_number
-from .config import Settings
-from .errors import PeerAddressError
-from .nets import (
+from miros_rabbitmq.config import Settings
+from miros_rabbitmq.discovery._support import Timers, search_key
+from miros_rabbitmq.discovery.rabbit_consumer_scout_chart import RabbitConsumerScoutChart
+from miros_rabbitmq.errors import PeerAddressError
+from miros_rabbitmq.mesh.challenge import ScoutCredentials
+from miros_rabbitmq.mesh.nets import (
     EXCHANGES,
     MESH_EXCHANGE,
     SNOOP_SPY_EXCHANGE,
@@ -61,9 +61,9 @@ from .nets import (
     SNOOP_TRACE_EXCHANGE,
     SNOOP_TRACE_ROUTING_KEY,
 )
-from .payloads import ProducerQueue
-from .rabbit_consumer_scout_chart import RabbitConsumerScoutChart
-from .transport import LINKS, BrokerAddress, BrokerLink, parse_peer
+from miros_rabbitmq.payloads import ProducerQueue
+from miros_rabbitmq.transport import LINKS, BrokerAddress, BrokerLink, parse_peer
+from miros_rabbitmq.wire.codec import signal_number
 
 __all__ = ["ProducerFactoryChart", "Producer", "PeerState", "DEFAULT_GRACE_SEC"]
 

@@ -2,7 +2,7 @@
 
 Thousands of processes may share the file. The chart takes an OS lock on a
 side file before it touches the JSON (see
-:mod:`miros_rabbitmq.locked_json_file`), writes atomically, and never blocks
+:mod:`miros_rabbitmq.cache.locked_json_file`), writes atomically, and never blocks
 its thread waiting for the lock: a blocked access re-posts itself after a
 random delay, as the seed design describes.
 
@@ -52,7 +52,7 @@ it, answers with a copy of ``default_json`` and ``expired=True`` (so that
 whoever owns the cache rebuilds and rewrites it -- the next write heals the
 file) and logs the problem once; ``stats.repaired`` counts such reads. No
 failure raises into the caller: problems are logged on the
-``miros_rabbitmq.cache_file_chart`` logger.
+``miros_rabbitmq.cache.cache_file_chart`` logger.
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ from typing import Any
 
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
-from .errors import ConfigurationError
-from .locked_json_file import DEFAULT_FILE_MODE, LockedJsonFile, encode_json
-from .payloads import CacheReadPayload
+from miros_rabbitmq.cache.locked_json_file import DEFAULT_FILE_MODE, LockedJsonFile, encode_json
+from miros_rabbitmq.errors import ConfigurationError
+from miros_rabbitmq.payloads import CacheReadPayload
 
 __all__ = [
     "CacheFileChart",

@@ -44,28 +44,28 @@ from typing import Any
 
 from miros import Event, signals
 
-from ._discovery_support import tagged
-from .cache_file_chart import CacheFileChart
-from .challenge import ScoutCredentials
-from .codec import signal_number
-from .config import Settings, load_settings
-from .errors import ConfigurationError, PeerAddressError
-from .lan_chart import DEFAULT_TIME_OUT_IN_MINUTES, LAN_CACHE_FILE, LanChart
-from .lan_recce_chart import (
+from miros_rabbitmq.cache.cache_file_chart import CacheFileChart
+from miros_rabbitmq.config import Settings, load_settings
+from miros_rabbitmq.discovery._support import tagged
+from miros_rabbitmq.discovery.lan_chart import DEFAULT_TIME_OUT_IN_MINUTES, LAN_CACHE_FILE, LanChart
+from miros_rabbitmq.discovery.lan_recce_chart import (
     DEFAULT_ARP_TIMEOUT_SEC,
     LanRecceChart,
     lan_interfaces,
     my_lan_address,
     plan_scan,
 )
-from .man_net_chart import HOSTS_FILE, ManNetChart, read_hosts
-from .nets import MESH_EXCHANGE
-from .payloads import ConnectionDiscoveryPayload
-from .producer_factory_chart import (
+from miros_rabbitmq.discovery.man_net_chart import HOSTS_FILE, ManNetChart, read_hosts
+from miros_rabbitmq.discovery.producer_factory_chart import (
     DEFAULT_GRACE_SEC,
     ProducerFactoryChart,
 )
-from .transport import PROBER, TIMEOUT_AFTER_CONNECT, BrokerAddress, ProbeResult
+from miros_rabbitmq.errors import ConfigurationError, PeerAddressError
+from miros_rabbitmq.mesh.challenge import ScoutCredentials
+from miros_rabbitmq.mesh.nets import MESH_EXCHANGE
+from miros_rabbitmq.payloads import ConnectionDiscoveryPayload
+from miros_rabbitmq.transport import PROBER, TIMEOUT_AFTER_CONNECT, BrokerAddress, ProbeResult
+from miros_rabbitmq.wire.codec import signal_number
 
 __all__ = [
     "Discovery",

@@ -4,7 +4,7 @@
   event into a chart). Unlike miros's ``post_fifo(period=...)`` threads, a
   cancelled timer ends at once, so a stopped chart leaves no thread behind.
 * :class:`ScoutBatch` -- scout many addresses in parallel with
-  :class:`~miros_rabbitmq.rabbit_consumer_scout_chart.RabbitConsumerScoutChart`
+  :class:`~miros_rabbitmq.discovery.rabbit_consumer_scout_chart.RabbitConsumerScoutChart`
   (a bounded number at a time) and collect their ``AMQP_CONSUMER_CHECK``
   answers, telling our own answers from those of other searchers of the
   process by a routing key of our own.
@@ -19,11 +19,11 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .challenge import ScoutCredentials
-from .nets import MESH_EXCHANGE
-from .payloads import ConnectionDiscoveryPayload
-from .rabbit_consumer_scout_chart import RabbitConsumerScoutChart
-from .transport import parse_peer
+from miros_rabbitmq.discovery.rabbit_consumer_scout_chart import RabbitConsumerScoutChart
+from miros_rabbitmq.mesh.challenge import ScoutCredentials
+from miros_rabbitmq.mesh.nets import MESH_EXCHANGE
+from miros_rabbitmq.payloads import ConnectionDiscoveryPayload
+from miros_rabbitmq.transport import parse_peer
 
 __all__ = ["Timers", "ScoutBatch", "ScoutAnswer", "search_key", "TaggedDiscovery", "tagged"]
 

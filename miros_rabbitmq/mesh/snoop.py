@@ -19,7 +19,7 @@ In colour, the name of a chart of this process is blue, other nodes' names
 are purple and scribbles dark grey; the ``_no_color`` variants print plain
 text for logs. The text after the prefix is miros's, untouched, so the
 output of many machines can be grepped and turned into sequence diagrams
-(:mod:`miros_rabbitmq.sequence`).
+(:mod:`miros_rabbitmq.view.sequence`).
 
 Publishing never slows a chart. miros calls the live trace/spy callback on
 the chart's own thread; the callback only appends the line to a bounded,
@@ -57,10 +57,9 @@ from typing import Any, NamedTuple, TextIO
 
 import click
 
-from .codec import JSON, Codec
-from .config import Secret, Settings
-from .errors import DecodeError
-from .nets import (
+from miros_rabbitmq.config import Secret, Settings
+from miros_rabbitmq.errors import DecodeError
+from miros_rabbitmq.mesh.nets import (
     EXCHANGES,
     SNOOP_SPY_EXCHANGE,
     SNOOP_SPY_ROUTING_KEY,
@@ -69,7 +68,8 @@ from .nets import (
     DropCounter,
     MirosNets,
 )
-from .transport import LINKS, BrokerAddress, BrokerLink, Consumer
+from miros_rabbitmq.transport import LINKS, BrokerAddress, BrokerLink, Consumer
+from miros_rabbitmq.wire.codec import JSON, Codec
 
 __all__ = [
     "TRACE",

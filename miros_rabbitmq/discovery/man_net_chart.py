@@ -35,12 +35,12 @@ from typing import Any
 
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
-from ._discovery_support import ScoutAnswer, ScoutBatch, Timers, search_key, tagged
-from .challenge import ScoutCredentials
-from .codec import signal_number
-from .config import mask_url
-from .errors import ConfigurationError
-from .payloads import ConnectionDiscoveryPayload
+from miros_rabbitmq.config import mask_url
+from miros_rabbitmq.discovery._support import ScoutAnswer, ScoutBatch, Timers, search_key, tagged
+from miros_rabbitmq.errors import ConfigurationError
+from miros_rabbitmq.mesh.challenge import ScoutCredentials
+from miros_rabbitmq.payloads import ConnectionDiscoveryPayload
+from miros_rabbitmq.wire.codec import signal_number
 
 __all__ = ["ManNetChart", "HOSTS_FILE", "DISPATCHER", "read_hosts"]
 

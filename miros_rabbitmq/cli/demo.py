@@ -15,7 +15,7 @@ credentials and keys from the environment / ``.env``. With neither a
 ``.env`` nor any of those variables, it uses ``guest``/``guest`` and a
 throwaway Fernet key made in memory, and says so.
 
-The node side (``python -m miros_rabbitmq.demo --node NAME ...``) talks to
+The node side (``python -m miros_rabbitmq.cli.demo --node NAME ...``) talks to
 the orchestrating process through lines on its stdin/stdout: lines starting
 with ``@@`` are control lines (``@@READY``, ``@@NOTREADY reason``,
 ``@@RESULT {json}``; ``GO`` on stdin), every other line is shown.
@@ -40,9 +40,9 @@ from typing import Any
 
 from miros import Event, return_status, signals, spy_on
 
-from .config import Settings, load_settings
-from .errors import EnvContractBroken, Error
-from .network import NetworkedActiveObject
+from miros_rabbitmq.config import Settings, load_settings
+from miros_rabbitmq.errors import EnvContractBroken, Error
+from miros_rabbitmq.mesh.networked import NetworkedActiveObject
 
 __all__ = ["RelayNode", "DemoResult", "run_demo", "demo_settings", "NODE_NAMES"]
 
@@ -360,7 +360,7 @@ def run_demo(*, nodes: int = 3, laps: int = DEFAULT_LAPS, timeout: float = 30.0,
          f"{laps} laps per ball, local broker 127.0.0.1:{settings.rabbit_port}")
     try:
         for index, name in enumerate(names):
-            argv = [sys.executable, "-m", "miros_rabbitmq.demo", "--node", name,
+            argv = [sys.executable, "-m", "miros_rabbitmq.cli.demo", "--node", name,
                     "--next", names[(index + 1) % nodes], "--run", run_id,
                     "--nodes", str(nodes), "--laps", str(laps),
                     "--timeout", f"{max(1.0, timeout - 1.0):.1f}"]
@@ -418,7 +418,7 @@ def run_demo(*, nodes: int = 3, laps: int = DEFAULT_LAPS, timeout: float = 30.0,
 
 
 def _node_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m miros_rabbitmq.demo",
+    parser = argparse.ArgumentParser(prog="python -m miros_rabbitmq.cli.demo",
                                      description="one node of the miros-rabbitmq demo")
     parser.add_argument("--node", required=True)
     parser.add_argument("--next", required=True, dest="next_name")

@@ -48,8 +48,8 @@ from pika.adapters.utils.connection_workflow import (
 )
 from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
 
-from .config import Secret, Settings, mask_url
-from .errors import PeerAddressError
+from miros_rabbitmq.config import Secret, Settings, mask_url
+from miros_rabbitmq.errors import PeerAddressError
 
 __all__ = [
     "BrokerAddress",

@@ -3,7 +3,7 @@
 A broker that accepts our credentials proves little; a node that can read
 what we encrypted proves it shares our mesh. The protocol:
 
-* every running :class:`~miros_rabbitmq.nets.MirosNets` installs a
+* every running :class:`~miros_rabbitmq.mesh.nets.MirosNets` installs a
   *responder* (:func:`install_responder`): an exclusive queue of its own on
   its local broker, bound to :data:`SCOUT_EXCHANGE`, an exchange used for
   nothing else, so a challenge is never parsed as a mesh event;
@@ -33,13 +33,13 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .codec import JSON, Codec, Envelope
-from .config import Settings, load_settings
-from .errors import DecodeError
-from .transport import BrokerAddress, Probe, ProbeResult, Responder, parse_peer, probe
+from miros_rabbitmq.config import Settings, load_settings
+from miros_rabbitmq.errors import DecodeError
+from miros_rabbitmq.transport import BrokerAddress, Probe, ProbeResult, Responder, parse_peer, probe
+from miros_rabbitmq.wire.codec import JSON, Codec, Envelope
 
 if TYPE_CHECKING:
-    from .nets import MirosNets
+    from miros_rabbitmq.mesh.nets import MirosNets
 
 __all__ = [
     "SCOUT_EXCHANGE",

@@ -1,6 +1,6 @@
 """One JSON file shared safely by many processes: an OS lock and atomic writes.
 
-This is the I/O layer under :class:`~miros_rabbitmq.cache_file_chart.CacheFileChart`
+This is the I/O layer under :class:`~miros_rabbitmq.cache.cache_file_chart.CacheFileChart`
 and the ``hosts`` CLI; it knows nothing about miros.
 
 Locking

@@ -55,11 +55,11 @@ from typing import Any
 import ifaddr
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
-from ._discovery_support import ScoutAnswer, ScoutBatch, Timers, search_key
-from .challenge import ScoutCredentials
-from .codec import signal_number
-from .errors import ConfigurationError
-from .payloads import RecceCompletePayload
+from miros_rabbitmq.discovery._support import ScoutAnswer, ScoutBatch, Timers, search_key
+from miros_rabbitmq.errors import ConfigurationError
+from miros_rabbitmq.mesh.challenge import ScoutCredentials
+from miros_rabbitmq.payloads import RecceCompletePayload
+from miros_rabbitmq.wire.codec import signal_number
 
 __all__ = [
     "LanRecceChart",
@@ -393,7 +393,7 @@ class LanRecceChart(ActiveObject):
     ``arp_timeout_sec``: how long the neighbour table fills (broadcast ping and
     sweep) before it is read (default 2 s). ``live_trace`` / ``live_spy``:
     print the chart's trace / spy. Keyword-only: ``credentials`` (a
-    :class:`~miros_rabbitmq.challenge.ScoutCredentials`, default read from
+    :class:`~miros_rabbitmq.mesh.challenge.ScoutCredentials`, default read from
     ``.env``), ``scout_timeout`` (seconds a candidate has to answer, 0.5),
     ``port`` (AMQP port of the other nodes; default the credentials'
     ``RABBIT_PORT``), ``networks`` (CIDRs: scan only these parts of this

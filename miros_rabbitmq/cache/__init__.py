@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .cache_file_chart import CacheFileChart
-from .payloads import CacheReadPayload, CacheWritePayload
+from miros_rabbitmq.cache.cache_file_chart import CacheFileChart
+from miros_rabbitmq.payloads import CacheReadPayload, CacheWritePayload
 
 __all__ = ["CacheFileChart", "CacheReadPayload", "CacheWritePayload"]

@@ -13,7 +13,7 @@ A miros statechart named ``lan_chart``::
 
 The cache (``.miros_rabbitmq_lan_cache.json`` in the working folder by
 default) is read and written through a
-:class:`~miros_rabbitmq.cache_file_chart.CacheFileChart`, so many processes
+:class:`~miros_rabbitmq.cache.cache_file_chart.CacheFileChart`, so many processes
 can share it::
 
     {"addresses": ["10.0.0.7"], "amqp_urls": ["amqp://10.0.0.7:5672/%2F"],
@@ -23,7 +23,7 @@ The URLs carry no credentials (every node uses the ``.env`` ones). A cache
 is fresh when it is younger than ``time_out_in_minutes`` (the file's and
 this chart's, whichever is shorter); a fresh cache means no scan at all. An
 expired one (or a timeout of 0) makes the chart publish ``RECCE_LAN`` for
-the :class:`~miros_rabbitmq.lan_recce_chart.LanRecceChart`, wait for
+the :class:`~miros_rabbitmq.discovery.lan_recce_chart.LanRecceChart`, wait for
 ``LAN_RECCE_COMPLETE``, write the cache back and publish the addresses. A
 scan that found nobody is cached for at most one minute, so a node that
 started first looks again soon (others will find it and message it anyway).
@@ -43,10 +43,10 @@ from typing import Any
 
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
-from ._discovery_support import Timers, tagged
-from .codec import signal_number
-from .errors import ConfigurationError
-from .payloads import CacheWritePayload, ConnectionDiscoveryPayload
+from miros_rabbitmq.discovery._support import Timers, tagged
+from miros_rabbitmq.errors import ConfigurationError
+from miros_rabbitmq.payloads import CacheWritePayload, ConnectionDiscoveryPayload
+from miros_rabbitmq.wire.codec import signal_number
 
 __all__ = ["LanChart", "LAN_CACHE_FILE", "DEFAULT_TIME_OUT_IN_MINUTES", "DISPATCHER",
            "EMPTY_SCAN_TIME_OUT_IN_MINUTES"]
@@ -136,8 +136,8 @@ class LanChart(ActiveObject):
 
     ``LanChart(time_out_in_minutes=30, live_trace=None, live_spy=None, *,
     cache_file=None, port=5672, recce=None)``. The chart needs a
-    :class:`~miros_rabbitmq.cache_file_chart.CacheFileChart` for
-    ``cache_file`` and a :class:`~miros_rabbitmq.lan_recce_chart.LanRecceChart`
+    :class:`~miros_rabbitmq.cache.cache_file_chart.CacheFileChart` for
+    ``cache_file`` and a :class:`~miros_rabbitmq.discovery.lan_recce_chart.LanRecceChart`
     running in the process (``discovery.Discovery`` builds all three); with
     ``recce`` given it takes only that recce's results. It starts itself.
     Counters: :attr:`cache_hits`, :attr:`scans`; :attr:`last_addresses`.

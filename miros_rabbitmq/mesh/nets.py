@@ -1,7 +1,7 @@
 """MirosNets: the three encrypted networks of one chart, and its peers.
 
 A chart's ``MirosNets`` holds one :class:`Network` per network (mesh, snoop
-trace, snoop spy: an exchange and a :class:`~miros_rabbitmq.codec.Codec`), a
+trace, snoop spy: an exchange and a :class:`~miros_rabbitmq.wire.codec.Codec`), a
 consumer on the local broker, and one :class:`~miros_rabbitmq.transport.BrokerLink`
 per peer broker (shared with every other chart of the process through
 :data:`~miros_rabbitmq.transport.LINKS`). It knows nothing of miros: the chart
@@ -20,11 +20,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from . import challenge
-from .codec import DEFAULT_MAX_MESSAGE_BYTES, JSON, PICKLE, Codec, Envelope, Serializer
-from .config import Secret, Settings
-from .errors import BrokerAuthenticationError, DecodeError, PeerAddressError
-from .transport import LINKS, BrokerAddress, BrokerLink, Consumer, parse_peer
+from miros_rabbitmq.config import Secret, Settings
+from miros_rabbitmq.errors import BrokerAuthenticationError, DecodeError, PeerAddressError
+from miros_rabbitmq.mesh import challenge
+from miros_rabbitmq.transport import LINKS, BrokerAddress, BrokerLink, Consumer, parse_peer
+from miros_rabbitmq.wire.codec import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    JSON,
+    PICKLE,
+    Codec,
+    Envelope,
+    Serializer,
+)
 
 __all__ = [
     "MirosNets",
