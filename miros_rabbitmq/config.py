@@ -92,6 +92,9 @@ class Settings:
     heartbeat: int = DEFAULT_HEARTBEAT
     connection_attempts: int = DEFAULT_CONNECTION_ATTEMPTS
     lan_discovery: bool = True
+    #: cluster mode: the cluster's node URLs (RABBIT_CLUSTER); empty = mesh mode.
+    #: Not in the repr: a URL may carry a password.
+    rabbit_cluster: tuple[str, ...] = field(default=(), repr=False)
 
 
 def _lookup(name: str, env: Mapping[str, str | None], dotenv: Mapping[str, str | None]) -> str | None:
@@ -129,6 +132,7 @@ def load_settings(
     rabbit_host: str | None = None,
     rabbit_port: int | None = None,
     lan_discovery: bool | None = None,
+    rabbit_cluster: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
     dotenv_path: str | None = None,
 ) -> Settings:
@@ -178,4 +182,16 @@ def load_settings(
                                      DEFAULT_CONNECTION_ATTEMPTS),
         lan_discovery=lan_discovery if lan_discovery is not None else _flag(
             _lookup("MIROS_RABBITMQ_LAN_DISCOVERY", env, dotenv), True),
+        rabbit_cluster=_cluster(rabbit_cluster, _lookup("RABBIT_CLUSTER", env, dotenv)),
     )
+
+
+def _cluster(given: Sequence[str] | None, raw: str | None) -> tuple[str, ...]:
+    """``brokers=[...]`` wins over ``RABBIT_CLUSTER=amqp://n1,amqps://n2:5671,...``."""
+    if given is not None:
+        if isinstance(given, str):
+            raise ConfigurationError("brokers= takes a list of broker URLs, not one string")
+        entries = [str(item).strip() for item in given]
+    else:
+        entries = [item.strip() for item in (raw or "").split(",")]
+    return tuple(item for item in entries if item)

@@ -16,12 +16,17 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from miros_rabbitmq.config import Secret, Settings
-from miros_rabbitmq.errors import BrokerAuthenticationError, DecodeError, PeerAddressError
+from miros_rabbitmq.errors import (
+    BrokerAuthenticationError,
+    ConfigurationError,
+    DecodeError,
+    PeerAddressError,
+)
 from miros_rabbitmq.mesh import challenge
 from miros_rabbitmq.transport import LINKS, BrokerAddress, BrokerLink, Consumer, parse_peer
 from miros_rabbitmq.wire.codec import (
@@ -108,6 +113,7 @@ class MirosNets:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         queue_expires_ms: int = DEFAULT_QUEUE_EXPIRES_MS,
         on_overflow: Callable[[str, int], None] | None = None,
+        brokers: Sequence[str] | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -150,6 +156,16 @@ class MirosNets:
         self.local_address = BrokerAddress(settings.rabbit_host, settings.rabbit_port,
                                            settings.rabbit_vhost, settings.rabbit_user,
                                            settings.rabbit_password)
+        # cluster mode: one link to one node of the cluster at a time, no peers
+        entries = list(brokers) if brokers is not None else list(settings.rabbit_cluster)
+        self.cluster: tuple[BrokerAddress, ...] = tuple(
+            parse_peer(entry, settings) for entry in entries)  # raises PeerAddressError
+        if self.cluster:
+            self.local_address = self.cluster[0]
+            self.origin = self.cluster[0].hostport
+            if self._initial_peers:
+                raise ConfigurationError("peers= and brokers= exclude each other: a cluster "
+                                         "is one broker to its clients")
         self.local_link: BrokerLink | None = None
         self.consumer: Consumer | None = None
         self._local_consumers: list[Consumer] = []
@@ -170,7 +186,7 @@ class MirosNets:
         if self._started:
             return self.consumer is not None and self.consumer.ready.is_set()
         self._started = True
-        self.local_link = self._acquire(self.local_address)
+        self.local_link = self._acquire(self.local_address, alternates=self.cluster[1:])
         self.consumer = Consumer(
             exchange=MESH_EXCHANGE,
             routing_keys=self.rx_routing_keys,
@@ -178,6 +194,8 @@ class MirosNets:
             queue=f"miros.mesh.{self.identity}",
             durable=True,
             expires_ms=self.queue_expires_ms,
+            # replicated: the loss of one cluster node loses nothing confirmed
+            queue_type="quorum" if self.cluster else None,
         )
         self.local_link.add_consumer(self.consumer)
         challenge.install_responder(self)  # answers scouts that hold our mesh key
@@ -231,9 +249,11 @@ class MirosNets:
             self._local_consumers.remove(consumer)
             self.local_link.remove_consumer(consumer, delete_queue=True)
 
-    def _acquire(self, address: BrokerAddress) -> BrokerLink:
+    def _acquire(self, address: BrokerAddress, *,
+                 alternates: Sequence[BrokerAddress] = ()) -> BrokerLink:
         link = LINKS.acquire(address, heartbeat=self.settings.heartbeat,
-                             max_buffer=self.max_buffer, exchanges=EXCHANGES)
+                             max_buffer=self.max_buffer, exchanges=EXCHANGES,
+                             alternates=alternates)
         if self.on_overflow is not None:
             link.overflow_listeners.append(self._overflowed)
         return link
@@ -257,6 +277,9 @@ class MirosNets:
             address = entry if isinstance(entry, BrokerAddress) else parse_peer(entry, self.settings)
         except PeerAddressError as error:
             logger.warning("%s: ignoring peer: %s", self.name, error)
+            return None
+        if self.cluster:
+            logger.debug("%s: cluster mode has no peers; ignoring %s", self.name, address)
             return None
         key = address.identity()
         if self.local_link is not None and key == self.local_link.identity:
@@ -290,9 +313,16 @@ class MirosNets:
         return ([self.local_link] if self.local_link is not None else []) + peers
 
     def this_url(self) -> str:
+        """The local broker; in cluster mode the cluster node in use."""
+        if self.cluster and self.local_link is not None:
+            return self.local_link.address.url
         return self.local_address.url
 
     def other_urls(self) -> list[str]:
+        """The peer brokers; in cluster mode the cluster's other nodes."""
+        if self.cluster:
+            current = self.local_link.address if self.local_link is not None else self.cluster[0]
+            return [a.url for a in self.cluster if a.hostport != current.hostport]
         with self._peers_lock:
             return [link.address.url for link in self._peers.values()]
 

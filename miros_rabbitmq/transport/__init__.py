@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -455,8 +455,12 @@ class Consumer:
         durable: bool = False,
         expires_ms: int | None = None,
         prefetch: int = 256,
+        queue_type: str | None = None,
     ) -> None:
+        if queue_type == "quorum" and not durable:
+            raise ValueError("a quorum queue is durable (and never exclusive or auto-delete)")
         self.exchange = exchange
+        self.queue_type = queue_type
         self.exchange_type = exchange_type
         self.routing_keys = tuple(routing_keys)
         self.on_message = on_message
@@ -578,8 +582,15 @@ class BrokerLink:
         heartbeat: int = 30,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         exchanges: Iterable[tuple[str, str]] = (),
-        identity: tuple[str, int, str, str] | None = None,
+        identity: tuple[Any, ...] | None = None,
+        alternates: Sequence[BrokerAddress] = (),
     ) -> None:
+        # cluster mode: the nodes of one cluster, tried in turn; ``address`` is
+        # the one in use. The outbox and the resend rules do not care which.
+        self.addresses: tuple[BrokerAddress, ...] = (address, *alternates)
+        self._node = 0
+        self.failovers = 0
+        self.cluster_name: str | None = None
         self.address = address
         self.heartbeat = heartbeat
         self.max_buffer = max_buffer
@@ -780,7 +791,9 @@ class BrokerLink:
         if self._closing:
             self._ioloop.stop()
             return
-        delay = min(RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY * (2 ** min(self._attempt, 10)))
+        # with several nodes, back off only once a whole round of them failed
+        rounds = self._attempt // len(self.addresses)
+        delay = min(RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY * (2 ** min(rounds, 10)))
         delay *= random.uniform(0.5, 1.0)  # jitter: peers of a restarted broker spread out
         self._attempt += 1
         self._reconnect_timer = self._ioloop.call_later(delay, self._connect)
@@ -793,12 +806,29 @@ class BrokerLink:
         if reason != self.last_error:
             logger.warning("cannot connect to %s: %s (retrying with backoff)", self.address, reason)
         self.last_error = reason
+        self._next_node()
         self._schedule_reconnect()
+
+    def _next_node(self) -> None:
+        """Cluster mode: the node in use failed; the next listed one is tried next."""
+        if len(self.addresses) > 1:
+            self._node = (self._node + 1) % len(self.addresses)
+            self.address = self.addresses[self._node]
 
     def _on_open(self, connection: Any) -> None:
         self._attempt = 0
+        if len(self.addresses) > 1:
+            properties = getattr(connection, "server_properties", None) or {}
+            name = properties.get("cluster_name")
+            name = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
+            if self.cluster_name is not None and name is not None and name != self.cluster_name:
+                logger.warning("%s belongs to cluster %r, not %r like the node before it: "
+                               "check the broker list", self.address, name, self.cluster_name)
+            self.cluster_name = name or self.cluster_name
         if self.last_error is not None:
             self.stats.reconnects += 1
+            if len(self.addresses) > 1:
+                self.failovers += 1
             logger.info("connected to %s", self.address)
         self.last_error = None
         connection.channel(on_open_callback=self._on_pub_channel)
@@ -820,6 +850,7 @@ class BrokerLink:
         logger.warning("lost connection to %s: %s", self.address, self.last_error)
         if was_connected:
             self._notify_state(False)
+        self._next_node()
         self._schedule_reconnect()
 
     def _requeue_unconfirmed(self) -> None:
@@ -969,6 +1000,8 @@ class BrokerLink:
         arguments: dict[str, Any] = {}
         if consumer.expires_ms:
             arguments["x-expires"] = consumer.expires_ms
+        if consumer.queue_type:
+            arguments["x-queue-type"] = consumer.queue_type
 
         def on_exchange(_frame: Any) -> None:
             channel.queue_declare(consumer.queue, durable=consumer.durable,
@@ -1085,12 +1118,17 @@ class LinkRegistry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._links: dict[tuple[str, int, str, str], tuple[BrokerLink, int]] = {}
+        self._links: dict[tuple[Any, ...], tuple[BrokerLink, int]] = {}
 
     def acquire(self, address: BrokerAddress, *, heartbeat: int = 30,
                 max_buffer: int = DEFAULT_MAX_BUFFER,
-                exchanges: Iterable[tuple[str, str]] = ()) -> BrokerLink:
-        key = address.identity()
+                exchanges: Iterable[tuple[str, str]] = (),
+                alternates: Sequence[BrokerAddress] = ()) -> BrokerLink:
+        """The process's link to ``address`` (with ``alternates``: to that cluster)."""
+        key: tuple[Any, ...] = address.identity()
+        if alternates:
+            # one link per cluster per process, whichever node a chart lists first
+            key = ("cluster", *sorted({a.identity() for a in (address, *alternates)}))
         with self._lock:
             entry = self._links.get(key)
             if entry is not None:
@@ -1098,7 +1136,7 @@ class LinkRegistry:
                 self._links[key] = (link, count + 1)
             else:
                 link = BrokerLink(address, heartbeat=heartbeat, max_buffer=max_buffer,
-                                  exchanges=exchanges, identity=key)
+                                  exchanges=exchanges, identity=key, alternates=alternates)
                 self._links[key] = (link, 1)
                 return link
         for name, kind in exchanges:
