@@ -1,0 +1,182 @@
+"""Cluster mode: 20 charts in 5 processes on a 3-node RabbitMQ cluster, nodes failing.
+
+Each process lists the cluster's nodes starting with a different one (p0 and p3
+start on node 0, p1 and p4 on node 1, p2 on node 2); process p's charts receive
+what process p+1's charts transmit. While every chart transmits continuously a
+node is stopped (or restarted twice): nothing may be lost, nothing duplicated,
+each sender's order kept. The longest gap between two events of one sender is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster_nodes import RabbitCluster, rabbit_cluster  # noqa: F401 - the session fixture
+
+from miros_rabbitmq.testing import mesh_environment, wait_for
+
+WORKER = str(Path(__file__).parent / "cluster_worker.py")
+PROCESSES = 5
+CHARTS = 4
+INTERVAL = 0.1  # each chart transmits 10 events a second
+SETTLE_TIMEOUT = 90.0
+
+
+class Worker:
+    """One cluster_worker.py process and the lines it prints."""
+
+    def __init__(self, process: int, env: dict[str, str]) -> None:
+        self.process = process
+        self.proc = subprocess.Popen(
+            [sys.executable, WORKER, str(process), str(CHARTS), str((process + 1) % PROCESSES),
+             "--interval", str(INTERVAL)],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, bufsize=1)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stderr: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.lines.put),
+                             name=f"cluster-worker-out-{process}", daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr.append),
+                             name=f"cluster-worker-err-{process}", daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: Any, put: Callable[[str], None]) -> None:
+        for line in stream:
+            put(line.rstrip("\n"))
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, prefix: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.proc.poll() is not None and self.lines.empty():
+                raise AssertionError(f"worker p{self.process}: no {prefix} line; stderr:\n"
+                                     + "\n".join(self.stderr[-30:]))
+            try:
+                line = self.lines.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                continue
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send("QUIT")
+                self.proc.wait(30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        for reader in self._readers:
+            reader.join(5)
+
+
+@pytest.fixture
+def workers(rabbit_cluster: RabbitCluster) -> Iterator[list[Worker]]:  # noqa: F811
+    rabbit_cluster.heal()  # a node an earlier test stopped runs again
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RABBIT_")}
+    env.update(mesh_environment())
+    started = []
+    try:
+        for p in range(PROCESSES):
+            process_env = dict(env, RABBIT_CLUSTER=",".join(rabbit_cluster.rotated(p % 3)))
+            started.append(Worker(p, process_env))
+        yield started
+    finally:
+        for worker in started:
+            worker.close()
+
+
+def run_under_load(workers: list[Worker], disrupt: Callable[[], None]) -> dict[str, Any]:
+    """Transmit, ``disrupt()`` mid-run, halt, wait until every receiver settles; check."""
+    for worker in workers:
+        info = json.loads(worker.expect("READY", 120))
+        print(f"p{worker.process} starts on {info['node']}")
+    for worker in workers:
+        worker.send("GO")
+    for worker in workers:
+        worker.expect("GOING")
+    time.sleep(3.0)  # load before the fault (a duration under test, not a sync)
+    disrupt()
+    time.sleep(3.0)  # load after it
+    sent: dict[str, int] = {}
+    for worker in workers:
+        worker.send("HALT")
+    for worker in workers:
+        sent.update(json.loads(worker.expect("SENT", 60)))
+
+    def expected(receiver: str) -> dict[str, int]:
+        source = (int(receiver[1:receiver.index("c")]) + 1) % PROCESSES
+        return {name: n for name, n in sent.items() if name.startswith(f"p{source}c")}
+
+    reports: dict[str, Any] = {}
+
+    def settled() -> bool:
+        for worker in workers:
+            worker.send("REPORT")
+            reports[f"p{worker.process}"] = json.loads(worker.expect("REPORT", 30))
+        return all(r["count"] == expected(name)
+                   for report in reports.values() for name, r in report["receivers"].items())
+
+    try:
+        wait_for(settled, SETTLE_TIMEOUT, 0.5, "every receiver to get every event")
+    finally:
+        receivers = {name: r for report in reports.values()
+                     for name, r in report["receivers"].items()}
+        lost = sum(max(0, n - r["count"].get(s, 0))
+                   for name, r in receivers.items() for s, n in expected(name).items())
+        duplicates = sum(r["duplicates"] for r in receivers.values())
+        breaks = sum(r["order_breaks"] for r in receivers.values())
+        gap = max((r["longest_gap"] for r in receivers.values()), default=0.0)
+        print(f"\ncluster run: sent {sum(sent.values())} events, each to {CHARTS} charts; "
+              f"lost {lost}, duplicated {duplicates}, order breaks {breaks}; "
+              f"longest gap between two events of one sender {gap:.2f} s; resent "
+              f"{sum(r['resent'] for r in reports.values())}, failovers "
+              f"{sum(r['failovers'] for r in reports.values())}; nodes in use now: "
+              + ", ".join(f"{p}->{r['node'].rsplit(':', 1)[-1].split('/')[0]}"
+                          for p, r in reports.items()))
+    assert lost == 0 and duplicates == 0 and breaks == 0
+    return reports
+
+
+@pytest.mark.allow_threads("cluster-worker-")
+def test_node_stopped_under_load_loses_and_duplicates_nothing(
+        rabbit_cluster: RabbitCluster, workers: list[Worker]) -> None:  # noqa: F811
+    victim = rabbit_cluster.nodes[0]  # p0 and p3 are connected to it
+    reports = run_under_load(workers, victim.stop)
+    # the processes that were on the stopped node moved to another one
+    for p in ("p0", "p3"):
+        assert f":{victim.port}/" not in reports[p]["node"]
+        assert reports[p]["failovers"] >= 1
+
+
+@pytest.mark.allow_threads("cluster-worker-")
+def test_node_restarted_twice_under_load_loses_and_duplicates_nothing(
+        rabbit_cluster: RabbitCluster, workers: list[Worker]) -> None:  # noqa: F811
+    victim = rabbit_cluster.nodes[1]  # p1 and p4 start on it
+
+    def restart_twice() -> None:
+        for _ in range(2):
+            victim.restart()
+            wait_for(lambda: rabbit_cluster.running_members() == 3, 60, 0.2,
+                     "the restarted node to rejoin")
+
+    run_under_load(workers, restart_twice)
