@@ -15,6 +15,7 @@ a test that stops or restarts a node calls :meth:`RabbitCluster.heal` first.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 
@@ -37,6 +38,20 @@ class PluginNode(RabbitNode):
                  **kwargs: object) -> None:
         super().__init__(name, **kwargs)  # type: ignore[arg-type]
         self.plugins = tuple(plugins)
+
+    def ctl(self, *args: str, timeout: float = 60.0,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        """As RabbitNode.ctl, run from the node's folder: rabbitmqctl runs as the
+        ``rabbitmq`` user, and hangs for a minute in a working folder it cannot enter
+        (a test's tmp_path, after ``mesh_env`` changed into it)."""
+        argv = [*self._prefix(), self.ctl_path, "-n", self.nodename, *args]
+        done = subprocess.run(argv, env=self._env(), capture_output=True, text=True,
+                              timeout=timeout, cwd=str(self.base_dir))
+        if check and done.returncode != 0:
+            raise RuntimeError(
+                f"rabbitmqctl {' '.join(args)} on {self.nodename} failed ({done.returncode}): "
+                f"{(done.stdout + done.stderr).strip()[-2000:]}")
+        return done
 
     def _write_files(self) -> None:
         super()._write_files()

@@ -21,8 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_nodes import RabbitCluster, rabbit_cluster  # noqa: F401 - the session fixture
+from cli_process import clean_env, run_cli
+from cluster_nodes import PluginNode, RabbitCluster, rabbit_cluster  # noqa: F401 - the fixture
+from miros import Event, return_status, signals, spy_on
 
+from miros_rabbitmq import NetworkedActiveObject
+from miros_rabbitmq.cli.cluster import link_status
 from miros_rabbitmq.testing import mesh_environment, wait_for
 
 WORKER = str(Path(__file__).parent / "cluster_worker.py")
@@ -158,6 +162,7 @@ def run_under_load(workers: list[Worker], disrupt: Callable[[], None]) -> dict[s
 
 
 @pytest.mark.allow_threads("cluster-worker-")
+@pytest.mark.timeout(300)
 def test_node_stopped_under_load_loses_and_duplicates_nothing(
         rabbit_cluster: RabbitCluster, workers: list[Worker]) -> None:  # noqa: F811
     victim = rabbit_cluster.nodes[0]  # p0 and p3 are connected to it
@@ -169,6 +174,7 @@ def test_node_stopped_under_load_loses_and_duplicates_nothing(
 
 
 @pytest.mark.allow_threads("cluster-worker-")
+@pytest.mark.timeout(300)
 def test_node_restarted_twice_under_load_loses_and_duplicates_nothing(
         rabbit_cluster: RabbitCluster, workers: list[Worker]) -> None:  # noqa: F811
     victim = rabbit_cluster.nodes[1]  # p1 and p4 start on it
@@ -180,3 +186,82 @@ def test_node_restarted_twice_under_load_loses_and_duplicates_nothing(
                      "the restarted node to rejoin")
 
     run_under_load(workers, restart_twice)
+
+
+# --------------------------------------------------------------------------- mixed mode
+
+
+def _recorder(received: list[Any]) -> Any:
+    @spy_on
+    def listening(chart: Any, e: Event) -> Any:
+        if e.signal_name.startswith("mixed_"):
+            received.append((e.signal_name, e.payload))
+            return return_status.HANDLED
+        chart.temp.fun = chart.top
+        return return_status.SUPER
+    return listening
+
+
+def _running_links(node: str) -> int:
+    return sum(1 for link in link_status(node=node) if link.get("status") == "running")
+
+
+@pytest.mark.allow_threads("miros-rabbitmq-io-")
+@pytest.mark.timeout(300)
+def test_mixed_mode_lan_mesh_node_and_cluster_exchange_events(
+        rabbit_cluster: RabbitCluster, mesh_env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    """A mesh-mode chart on a LAN broker and a cluster-mode chart, joined by
+    `miros-rabbitmq cluster mixed` (RabbitMQ federation, both ways)."""
+    rabbit_cluster.heal()
+    lan = PluginNode(f"mrcllan-{os.getpid()}-1")
+    cluster_node = rabbit_cluster.nodes[0]
+    lan_got: list[Any] = []
+    cluster_got: list[Any] = []
+    charts: list[NetworkedActiveObject] = []
+    try:
+        lan.start()
+        on_lan = NetworkedActiveObject("mixed_on_lan", tx_routing_key="mixed.lan",
+                                       rx_routing_key="mixed.cluster", rabbit_port=lan.port,
+                                       peers=[])
+        on_cluster = NetworkedActiveObject("mixed_on_cluster", tx_routing_key="mixed.cluster",
+                                           rx_routing_key="mixed.lan",
+                                           brokers=rabbit_cluster.urls)
+        charts += [on_lan, on_cluster]
+        on_lan.start_at(_recorder(lan_got))
+        on_cluster.start_at(_recorder(cluster_got))
+        assert on_cluster.other_urls() and on_cluster.this_url() not in on_cluster.other_urls()
+
+        done = run_cli(["cluster", "mixed", "--lan-node", lan.nodename, "--lan-url", lan.url,
+                        "--cluster-node", cluster_node.nodename,
+                        "--cluster-url", ",".join(rabbit_cluster.urls)],
+                       cwd=str(tmp_path), env=clean_env())
+        assert done.returncode == 0, done.stderr
+        assert "guest:guest@" not in done.stdout + done.stderr  # no password printed
+        # one link per miros exchange on each side
+        wait_for(lambda: _running_links(lan.nodename) >= 3 and
+                 _running_links(cluster_node.nodename) >= 3, 60, 0.5, "federation links")
+
+        # federation propagates bindings asynchronously: probe until both ways carry
+        def probed() -> bool:
+            on_lan.transmit(Event(signal=signals.mixed_probe, payload="lan"))
+            on_cluster.transmit(Event(signal=signals.mixed_probe, payload="cluster"))
+            return bool(lan_got) and bool(cluster_got)
+        wait_for(probed, 60, 0.3, "a first event through the federation links, both ways")
+
+        for n in range(1, 51):
+            on_lan.transmit(Event(signal=signals.mixed_tick, payload=n))
+            on_cluster.transmit(Event(signal=signals.mixed_tick, payload=n))
+
+        def ticks(got: list[Any]) -> list[Any]:
+            return [p for s, p in list(got) if s == "mixed_tick"]
+        wait_for(lambda: len(ticks(lan_got)) >= 50 and len(ticks(cluster_got)) >= 50, 30, 0.1,
+                 "50 events each way")
+        assert ticks(lan_got) == list(range(1, 51))
+        assert ticks(cluster_got) == list(range(1, 51))
+    finally:
+        for chart in charts:
+            chart.stop()
+        lan.close()
+        run_cli(["cluster", "unfederate", "--node", cluster_node.nodename,
+                 "--name", f"miros-lan-{lan.nodename.replace('@', '_')}"],
+                cwd=str(tmp_path), env=clean_env())

@@ -792,6 +792,10 @@ def discover(ctx: Context, network: str | None, hosts_file: str | None, timeout:
     ctx.console.print(table)
 
 
+from miros_rabbitmq.cli.cluster import cluster as _cluster_group  # noqa: E402
+
+cli.add_command(_cluster_group)
+
 # --------------------------------------------------------------------------- entry point
 
 
