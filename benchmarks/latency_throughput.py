@@ -12,7 +12,9 @@ of them alike. Throughput is events/s delivered to the receiver while the
 sender sends as fast as it can, with the count sent vs received.
 
 Rows:
-  miros-rabbitmq        a NetworkedActiveObject to a NetworkedActiveObject
+  miros-rabbitmq        a NetworkedActiveObject to a NetworkedActiveObject, both
+                        made with the default constructor (instrumented charts,
+                        discovery on, default buffers: what a 0.2 user writes)
   plain pika            pika's BlockingConnection publishing transient messages
                         without confirms to an auto-ack consumer: the cheapest
                         loop the client offers
@@ -83,8 +85,8 @@ def chart_receiver(ready: Any, stop: Any, results: Any, expected: int, name: str
         chart.temp.fun = chart.top
         return return_status.SUPER
 
-    chart = NetworkedActiveObject(name, tx_routing_key="bench.rx", rx_routing_key="bench.tx",
-                                  peers=[], lan_discovery=False, instrumented=False)
+    # the default constructor: what a 0.2 user writes (an instrumented chart)
+    chart = NetworkedActiveObject(name, tx_routing_key="bench.rx", rx_routing_key="bench.tx")
     chart.start_at(listening)
     ready.set()
     stop.wait(300)
@@ -146,11 +148,10 @@ class ChartRow:
             chart.temp.fun = chart.top
             return return_status.SUPER
 
-        # the burst is buffered until confirmed: give the buffer room for all of it
+        # the default constructor, no tuning: flow control keeps the burst whole
         self.sender = NetworkedActiveObject(
             f"bench_tx_{uuid.uuid4().hex[:6]}", tx_routing_key="bench.tx",
-            rx_routing_key="bench.none", peers=[], lan_discovery=False,
-            max_buffer=throughput_events + 1000)
+            rx_routing_key="bench.none")
         self.sender.start_at(idle)
 
     def send_latency(self) -> None:
