@@ -239,3 +239,53 @@ def test_a_receiver_paused_for_90_s_gets_its_whole_backlog_once(mesh_env) -> Non
         os.kill(receiver.proc.pid, signal.SIGCONT)
         receiver.kill()
         sender.stop()
+
+
+# ------------------------------------------------------------------ endings
+
+EXITING_SENDER = """
+import sys
+from miros import Event, return_status, signals, spy_on
+from miros_rabbitmq import NetworkedActiveObject
+
+@spy_on
+def idle(chart, e):
+    chart.temp.fun = chart.top
+    return return_status.SUPER
+
+chart = NetworkedActiveObject("exit_tx_" + sys.argv[2], tx_routing_key=sys.argv[1],
+                              rx_routing_key="exit.none")
+chart.start_at(idle)
+for n in range(int(sys.argv[3])):
+    chart.transmit(Event(signal=signals.FAULT_EVENT, payload=n))
+print("SENT", flush=True)
+# no stop(): the atexit hook flushes what is not confirmed yet
+"""
+
+
+@pytest.mark.parametrize("stop", [True, False], ids=["stop", "exit-without-stop"])
+def test_what_was_transmitted_before_the_end_arrives(mesh_env, tmp_path, stop) -> None:
+    import subprocess
+
+    rx = f"exit.{uuid.uuid4().hex[:6]}"
+    events = 3000
+    receiver = Receiver(rx, events, port=local_port(), slow=0.0)
+    try:
+        if stop:
+            sender = NetworkedActiveObject(f"stop_tx_{uuid.uuid4().hex[:6]}", tx_routing_key=rx,
+                                           rx_routing_key="exit.none")
+            sender.start_at(idle)
+            for n in range(events):
+                sender.transmit(Event(signal=signals.FAULT_EVENT, payload=n))
+            sender.stop()  # flushes first
+            assert sender.nets.stats()["buffered"] == 0
+        else:
+            script = tmp_path / "exiting_sender.py"
+            script.write_text(EXITING_SENDER)
+            done = subprocess.run([sys.executable, str(script), rx, uuid.uuid4().hex[:6],
+                                   str(events)], capture_output=True, text=True, timeout=60)
+            assert "SENT" in done.stdout, done.stderr[-2000:]
+        report = receiver.report(60)
+        assert report.received == events and report.missing == 0, report
+    finally:
+        receiver.kill()
