@@ -161,7 +161,7 @@ class Discovery:
     _registry_lock = threading.Lock()
 
     def __init__(self, settings: Settings, config: DiscoveryConfig | None = None, *,
-                 max_buffer: int = 10_000) -> None:
+                 max_buffer: int | None = None) -> None:
         self.settings = settings
         self.config = (config or DiscoveryConfig()).resolved()
         self.max_buffer = max_buffer

@@ -190,7 +190,7 @@ class ProducerFactoryChart(ActiveObject):
     ``ProducerFactoryChart(settings, live_trace=None, live_spy=None, *,
     local=None, on_posted=None, on_retired=None, on_peer_event=None,
     credentials=None, grace_sec=5, rescout_min_sec=1, rescout_max_sec=60,
-    scout_timeout=0.5, max_buffer=10000)``.
+    scout_timeout=0.5, max_buffer=None)``.
 
     ``local``: this node's broker address (never a peer). ``on_posted()``:
     called on the chart's thread after each :class:`ProducerQueue` is put on
@@ -215,7 +215,7 @@ class ProducerFactoryChart(ActiveObject):
         rescout_min_sec: float = DEFAULT_RESCOUT_MIN_SEC,
         rescout_max_sec: float = DEFAULT_RESCOUT_MAX_SEC,
         scout_timeout: float = 0.5,
-        max_buffer: int = 10_000,
+        max_buffer: int | None = None,
         tag: str | None = None,
     ) -> None:
         super().__init__(name="producer_factory_chart")

@@ -28,7 +28,17 @@ from miros_rabbitmq.errors import (
     PeerAddressError,
 )
 from miros_rabbitmq.mesh import challenge
-from miros_rabbitmq.transport import LINKS, BrokerAddress, BrokerLink, Consumer, parse_peer
+from miros_rabbitmq.transport import (
+    DEFAULT_MAX_BYTES,
+    DROP_NEW,
+    LINKS,
+    BrokerAddress,
+    BrokerLink,
+    Consumer,
+    Outcome,
+    parse_peer,
+)
+from miros_rabbitmq.transport.consumer import DEFAULT_QUEUE_MAX_LENGTH
 from miros_rabbitmq.wire.codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
     JSON,
@@ -62,8 +72,10 @@ EXCHANGES = (
 )
 
 DEFAULT_QUEUE_EXPIRES_MS = 10 * 60 * 1000  # an abandoned chart queue lives 10 min
-DEFAULT_QUEUE_MAX_LENGTH = 100_000
+DEFAULT_MAX_BLOCK = 60.0  # seconds transmit() waits for room on a connected, full link
+DEFAULT_STOP_FLUSH = 5.0  # seconds stop() waits for confirms of what was transmitted
 DEDUP_SENDERS = 4096  # senders remembered by the duplicate filter
+DEDUP_GAPS = 64  # per sender: skipped sequence numbers still accepted (a nacked resend)
 DROP_LOG_INTERVAL = 60.0
 
 
@@ -109,9 +121,13 @@ class MirosNets:
         peers: Iterable[str] = (),
         serializer: Serializer = PICKLE,
         ttl: int | None = None,
-        max_buffer: int = 10_000,
+        max_buffer: int | None = None,
+        max_buffer_bytes: int = DEFAULT_MAX_BYTES,
+        overflow_policy: str = DROP_NEW,
+        max_block: float = DEFAULT_MAX_BLOCK,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         queue_expires_ms: int = DEFAULT_QUEUE_EXPIRES_MS,
+        queue_max_length: int = DEFAULT_QUEUE_MAX_LENGTH,
         on_overflow: Callable[[str, int], None] | None = None,
         brokers: Sequence[str] | None = None,
     ) -> None:
@@ -128,10 +144,17 @@ class MirosNets:
         self.on_alien: Callable[[str], None] | None = None
         self._known_origins: set[str] = set()
         self.max_buffer = max_buffer
+        self.max_buffer_bytes = max_buffer_bytes
+        self.overflow_policy = overflow_policy
+        self.max_block = max_block
         self.queue_expires_ms = queue_expires_ms
+        self.queue_max_length = queue_max_length
         self.drops = DropCounter(name)
         self.counts: collections.Counter[str] = collections.Counter()
+        # refused transmissions by (peer url, reason): overflow, blocked, snoop, closed
+        self.refusals: collections.Counter[tuple[str, str]] = collections.Counter()
         self.on_overflow = on_overflow
+        self._in_callback = threading.local()  # an on_overflow that transmits is not re-entered
         limits = {"ttl": ttl, "max_message_bytes": max_message_bytes}
         # snoop lines are plain data: their networks use the JSON serializer,
         # which never runs code on load, whatever the mesh uses
@@ -147,11 +170,14 @@ class MirosNets:
                                  SNOOP_SPY_ROUTING_KEY),
         }
         self._deliver = deliver
-        self._seq = itertools.count(1)
+        # one sequence per network: a receiver's duplicate filter sees every
+        # mesh number of a sender, so a gap means a message still to come
+        self._seqs = {name: itertools.count(1) for name in self.networks}
         self._send_lock = threading.Lock()
         self._peers_lock = threading.Lock()
         self._peers: dict[tuple[str, int, str, str], BrokerLink] = {}
         self._last_seq: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._gaps: dict[str, set[int]] = {}  # per sender: skipped seqs (see _on_mesh_message)
         self._initial_peers = list(peers)
         self.local_address = BrokerAddress(settings.rabbit_host, settings.rabbit_port,
                                            settings.rabbit_vhost, settings.rabbit_user,
@@ -194,6 +220,7 @@ class MirosNets:
             queue=f"miros.mesh.{self.identity}",
             durable=True,
             expires_ms=self.queue_expires_ms,
+            max_length=self.queue_max_length,
             # replicated: the loss of one cluster node loses nothing confirmed
             queue_type="quorum" if self.cluster else None,
         )
@@ -219,11 +246,36 @@ class MirosNets:
                            self.local_link.last_error or "no answer yet")
         return ready
 
+    def flush(self, timeout: float = DEFAULT_STOP_FLUSH) -> bool:
+        """Wait (bounded, in all) until every link has what we transmitted confirmed.
+
+        Logs, and returns False, when something is still unconfirmed at the end.
+        """
+        deadline = time.monotonic() + timeout
+        complete = True
+        for link in self.links():
+            if link.buffered and not link.flush(max(0.0, deadline - time.monotonic())):
+                complete = False
+                logger.warning("%s: %d message(s) to %s not confirmed within %.1f s (%s)",
+                               self.name, link.buffered, link.address, timeout,
+                               "connected" if link.connected.is_set() else "link down")
+        return complete
+
+    def stop_consuming(self) -> None:
+        """Cancel our consumers, keeping their queues (stop() deletes them)."""
+        if self.local_link is None:
+            return
+        for consumer in [self.consumer, *self._local_consumers]:
+            if consumer is not None:
+                self.local_link.remove_consumer(consumer, delete_queue=False)
+
     def stop(self, *, flush_timeout: float = 2.0) -> None:
         """Stop consuming, flush what is buffered (bounded) and release every link."""
         if self._stopped:
             return
         self._stopped = True
+        if flush_timeout > 0:
+            self.flush(flush_timeout)
         if self.local_link is not None:
             for consumer in [self.consumer, *self._local_consumers]:
                 if consumer is not None:
@@ -251,21 +303,32 @@ class MirosNets:
 
     def _acquire(self, address: BrokerAddress, *,
                  alternates: Sequence[BrokerAddress] = ()) -> BrokerLink:
-        link = LINKS.acquire(address, heartbeat=self.settings.heartbeat,
-                             max_buffer=self.max_buffer, exchanges=EXCHANGES,
+        return LINKS.acquire(address, heartbeat=self.settings.heartbeat,
+                             max_buffer=self.max_buffer, max_buffer_bytes=self.max_buffer_bytes,
+                             overflow_policy=self.overflow_policy, exchanges=EXCHANGES,
                              alternates=alternates)
-        if self.on_overflow is not None:
-            link.overflow_listeners.append(self._overflowed)
-        return link
 
     def _release(self, link: BrokerLink, *, flush_timeout: float) -> None:
-        if self._overflowed in link.overflow_listeners:
-            link.overflow_listeners.remove(self._overflowed)
         LINKS.release(link, flush_timeout=flush_timeout)
 
-    def _overflowed(self, address: BrokerAddress, dropped: int) -> None:
-        if self.on_overflow is not None:
-            self.on_overflow(address.url, dropped)
+    def _report_refusals(self, refused: list[tuple[BrokerLink, Outcome]]) -> None:
+        """Count refusals; call on_overflow (outside every lock of ours, never re-entered)."""
+        for link, outcome in refused:
+            self.refusals[(link.address.url, outcome.value)] += 1
+        callback = self.on_overflow
+        if callback is None or getattr(self._in_callback, "active", False):
+            return
+        self._in_callback.active = True
+        try:
+            for link, outcome in refused:
+                if outcome in (Outcome.OVERFLOW, Outcome.BLOCKED):
+                    stats = link.stats
+                    try:
+                        callback(link.address.url, stats.dropped_overflow + stats.dropped_blocked)
+                    except Exception:
+                        logger.exception("%s: on_overflow callback failed", self.name)
+        finally:
+            self._in_callback.active = False
 
     # ------------------------------------------------------------------ peers
     def add_peer(self, entry: str | BrokerAddress) -> BrokerAddress | None:
@@ -328,24 +391,45 @@ class MirosNets:
 
     # ------------------------------------------------------------------ sending
     def transmit(self, signal_name: str, payload: Any, *, network: str = "mesh",
-                 routing_key: str | None = None) -> int:
-        """Encode once, publish to every broker; returns how many links took it.
+                 routing_key: str | None = None) -> bool:
+        """Encode once, publish the same bytes to every broker; True if every link took it.
+
+        Flow control: a mesh event waits (up to ``max_block`` seconds in all)
+        while a connected link's window is full or its broker blocked us,
+        before anything is encoded and outside every lock; past that, that
+        link refuses it. A link that is down buffers and never makes the
+        caller wait. Snoop lines never wait: they are dropped when there is
+        no room. Refusals are counted per peer and reason (stats()).
 
         Raises :class:`~miros_rabbitmq.errors.SerializationError` if the payload
-        cannot be serialized; never blocks on the network.
+        cannot be serialized.
         """
         net = self.networks[network]
         droppable = network != "mesh"
-        taken = 0
+        links = self.links()
+        refused: list[tuple[BrokerLink, Outcome]] = []
+        if not droppable:
+            deadline = time.monotonic() + self.max_block
+            for link in links:
+                if not link.wait_for_room(max(0.0, deadline - time.monotonic())):
+                    link.count_refusal(Outcome.BLOCKED)
+                    refused.append((link, Outcome.BLOCKED))
         with self._send_lock:  # one sender's messages keep their order on every link
-            envelope = Envelope(signal_name, payload, self.identity, next(self._seq), self.origin)
-            token = net.codec.encode(envelope)
-            for link in self.links():
-                if link.publish(net.exchange, routing_key or net.routing_key, token,
-                                persistent=not droppable, droppable=droppable):
-                    taken += 1
+            envelope = Envelope(signal_name, payload, self.identity, next(self._seqs[network]), self.origin)
+            token = net.codec.encode(envelope)  # once, whatever the number of peers
+            key = routing_key or net.routing_key
+            for link in links:
+                if refused and any(link is gone for gone, _ in refused):
+                    continue
+                outcome = link.publish(net.exchange, key, token,
+                                       persistent=not droppable, droppable=droppable)
+                if not outcome:
+                    refused.append((link, outcome))
         self.counts[f"{network}.transmitted"] += 1
-        return taken
+        if refused:
+            self._report_refusals(refused)
+            return False
+        return True
 
     # ------------------------------------------------------------------ receiving
     def _on_mesh_message(self, body: bytes) -> bool:
@@ -358,20 +442,38 @@ class MirosNets:
         if envelope.sender == self.identity:
             self.counts["mesh.own"] += 1  # a chart never receives its own transmissions
             return True
-        last = self._last_seq.get(envelope.sender)
-        if last is not None and envelope.seq <= last:
+        sender, seq = envelope.sender, envelope.seq
+        last = self._last_seq.get(sender)
+        late = last is not None and seq <= last
+        if late and seq not in self._gaps.get(sender, ()):
             self.counts["mesh.duplicate"] += 1
             return True
         if not self._deliver(envelope):
             return False
-        self._last_seq[envelope.sender] = envelope.seq
-        self._last_seq.move_to_end(envelope.sender)
-        if len(self._last_seq) > DEDUP_SENDERS:
-            self._last_seq.popitem(last=False)
+        if late:
+            # a message its sender sent again after a nack, behind newer ones:
+            # its number was skipped (a gap), so it is new here; once only
+            self._gaps[sender].discard(seq)
+        else:
+            if last is not None and seq > last + 1:
+                self._remember_gap(sender, last, seq)
+            self._last_seq[sender] = seq
+            self._last_seq.move_to_end(sender)
+            if len(self._last_seq) > DEDUP_SENDERS:
+                forgotten, _ = self._last_seq.popitem(last=False)
+                self._gaps.pop(forgotten, None)
         self.counts["mesh.delivered"] += 1
         if self.on_alien is not None and envelope.origin not in self._known_origins:
             self._check_origin(envelope.origin)
         return True
+
+    def _remember_gap(self, sender: str, last: int, seq: int) -> None:
+        """Mesh sequence numbers of a sender are consecutive (snoop lines count apart),
+        so a jump means some were refused by a broker and will come again (bounded)."""
+        gaps = self._gaps.setdefault(sender, set())
+        gaps.update(range(max(last + 1, seq - DEDUP_GAPS), seq))
+        while len(gaps) > DEDUP_GAPS:
+            gaps.discard(min(gaps))
 
     def _check_origin(self, origin: str) -> None:
         """Report an origin that is neither our broker nor a peer, once (I/O thread)."""
@@ -394,20 +496,31 @@ class MirosNets:
     def stats(self) -> dict[str, Any]:
         """Counters: transmitted, delivered, dropped by reason, and per peer link."""
         peers = {}
+        refusals = dict(self.refusals)
         for link in self.links():
             stats = link.stats
-            peers[link.address.url] = {
+            url = link.address.url
+            peers[url] = {
                 "connected": link.connected.is_set(),
+                "blocked": link.blocked,
                 "published": stats.published,
                 "confirmed": stats.confirmed,
                 "buffered": link.buffered,
+                "buffered_bytes": link.buffered_bytes,
                 "resent": stats.resent,
+                "nacked": stats.nacked,
+                "waits": stats.waits,
                 "dropped_overflow": stats.dropped_overflow,
+                "dropped_oldest": stats.dropped_oldest,
+                "dropped_blocked": stats.dropped_blocked,
                 "dropped_snoop": stats.dropped_snoop,
                 "reconnects": stats.reconnects,
                 "last_error": link.last_error,
+                # this chart's transmissions this link refused, by reason
+                "refused": {reason: n for (peer, reason), n in refusals.items() if peer == url},
             }
         return {
+            "refused": sum(refusals.values()),
             "transmitted": self.counts["mesh.transmitted"],
             "delivered": self.counts["mesh.delivered"],
             "duplicates": self.counts["mesh.duplicate"],

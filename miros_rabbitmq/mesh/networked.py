@@ -24,7 +24,8 @@ from miros.hsm import HsmWithQueues
 from miros_rabbitmq.config import Settings, load_settings
 from miros_rabbitmq.errors import ConfigurationError
 from miros_rabbitmq.mesh import snoop
-from miros_rabbitmq.mesh.nets import MirosNets
+from miros_rabbitmq.mesh.nets import DEFAULT_MAX_BLOCK, DEFAULT_STOP_FLUSH, MirosNets
+from miros_rabbitmq.transport import DEFAULT_MAX_BYTES, DROP_NEW
 from miros_rabbitmq.wire.codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
     PICKLE,
@@ -159,7 +160,10 @@ class _Networked:
         peers: Iterable[str] | None = None,
         serializer: Serializer = PICKLE,
         ttl: int | None = DEFAULT_TTL,
-        max_buffer: int = 10_000,
+        max_buffer: int | None = None,
+        max_buffer_bytes: int = DEFAULT_MAX_BYTES,
+        overflow_policy: str = DROP_NEW,
+        max_block: float = DEFAULT_MAX_BLOCK,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         on_overflow: Callable[[str, int], None] | None = None,
         rabbit_host: str | None = None,
@@ -203,15 +207,23 @@ class _Networked:
             serializer=serializer,
             ttl=ttl,
             max_buffer=max_buffer,
+            max_buffer_bytes=max_buffer_bytes,
+            overflow_policy=overflow_policy,
+            max_block=max_block,
             max_message_bytes=max_message_bytes,
             on_overflow=on_overflow,
             brokers=self.settings.rabbit_cluster,
         )
 
     # -- the public API of miros-rabbitmq 0.2
-    def transmit(self, event: Event) -> None:
-        """Send ``event`` to every other chart whose rx key matches our tx key."""
-        self.nets.transmit(event.signal_name, event.payload)
+    def transmit(self, event: Event) -> bool:
+        """Send ``event`` to every other chart whose rx key matches our tx key.
+
+        True when every peer link accepted it. While a peer is connected this
+        waits for room (flow control, up to ``max_block`` seconds) rather than
+        drop; a peer that is down buffers (bounded) and never makes it wait.
+        """
+        return self.nets.transmit(event.signal_name, event.payload)
 
     def this_url(self) -> str:
         """AMQP URL of this node's broker (password masked)."""
@@ -241,16 +253,24 @@ class _Networked:
         super().start_at(initial_state)  # type: ignore[misc]
 
     def stop(self) -> None:
-        """Stop the networks (flushing what is buffered, bounded), then the chart."""
+        """Flush what was transmitted (bounded, reported), stop the chart, then the networks.
+
+        Order: snoop and discovery first; then the outgoing flush (a peer
+        that is up gets everything transmitted before stop()); then the
+        consumers are cancelled and the chart's thread ends; only then are
+        the chart's queues deleted and the links released.
+        """
         snoop.detach(self)  # publish the snoop lines still queued, stop printing
         if self._discovery is not None:
             from miros_rabbitmq.discovery.discovery import Discovery
 
             Discovery.detach(self)
             self._discovery = None
-        self.nets.stop()
+        self.nets.flush(DEFAULT_STOP_FLUSH)
+        self.nets.stop_consuming()
         if getattr(self, "thread", None) is not None:
             super().stop()  # type: ignore[misc]
+        self.nets.stop(flush_timeout=0)
 
     # -- snoop trace / snoop spy (see miros_rabbitmq.mesh.snoop)
     def enable_snoop_trace(self) -> None:
@@ -304,10 +324,18 @@ _NETWORK_DOC = """
         data only, never runs code on load) or your own ``Serializer``.
     ttl: refuse messages older than this many seconds (replay window,
         default 60; None: any age).
-    max_buffer: messages kept per peer until its broker confirms them
-        (default 10 000); beyond it new messages are dropped and reported.
+    max_buffer_bytes: bytes kept per peer until its broker confirms them
+        (default 64 MiB): what a peer that is down buffers; beyond it the
+        ``overflow_policy`` (``"drop_new"``, default, or ``"drop_oldest"``)
+        drops, counts and reports.
+    max_buffer: optional bound in messages as well (default None).
+    max_block: seconds ``transmit()`` may wait for room on a connected peer
+        whose window is full or whose broker blocked us (default 60); past
+        it the event is dropped for that peer, counted and reported.
     max_message_bytes: larger incoming messages are dropped (default 16 MiB).
-    on_overflow: ``callback(peer_url, dropped_so_far)`` when a peer's buffer is full.
+    on_overflow: ``callback(peer_url, dropped_so_far)`` when a peer refused an
+        event (buffer full, or max_block passed); runs on the transmitting
+        thread outside every lock, so it may transmit.
     rabbit_host, rabbit_port: the local broker (default RABBIT_HOST or
         127.0.0.1, RABBIT_PORT or 5672).
     lan_discovery: find peers on the LAN (default: MIROS_RABBITMQ_LAN_DISCOVERY, on).
