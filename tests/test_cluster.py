@@ -265,3 +265,46 @@ def test_mixed_mode_lan_mesh_node_and_cluster_exchange_events(
         run_cli(["cluster", "unfederate", "--node", cluster_node.nodename,
                  "--name", f"miros-lan-{lan.nodename.replace('@', '_')}"],
                 cwd=str(tmp_path), env=clean_env())
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_rabbit_cluster_from_env_and_brokers_keyword(mesh_env: dict[str, str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from miros_rabbitmq import load_settings
+
+    monkeypatch.setenv("RABBIT_CLUSTER", " amqp://u:s3cret@n1 , amqps://n2:5671,, n3:5673 ")
+    settings = load_settings()
+    assert settings.rabbit_cluster == ("amqp://u:s3cret@n1", "amqps://n2:5671", "n3:5673")
+    assert "s3cret" not in repr(settings)
+    assert load_settings(rabbit_cluster=["amqp://n9"]).rabbit_cluster == ("amqp://n9",)
+    monkeypatch.delenv("RABBIT_CLUSTER")
+    assert load_settings().rabbit_cluster == ()
+
+
+def test_cluster_mode_refuses_bad_combinations(mesh_env: dict[str, str]) -> None:
+    from miros_rabbitmq import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="list of broker URLs"):
+        NetworkedActiveObject("c1", brokers="amqp://n1")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="exclude each other"):
+        NetworkedActiveObject("c2", brokers=["amqp://n1"], peers=["amqp://n2"])
+
+
+def test_cluster_chart_reports_first_node_and_the_others_before_start(
+        mesh_env: dict[str, str]) -> None:
+    chart = NetworkedActiveObject("c3", brokers=["amqp://u:pw@n1:5701", "n2:5702", "n3"])
+    assert chart.this_url() == "amqp://u:******@n1:5701/%2F"
+    assert [u.split("@")[1] for u in chart.other_urls()] == ["n2:5702/%2F", "n3:5672/%2F"]
+    assert chart._discovery_config is None  # no LAN scan, no hosts file in cluster mode
+
+
+def test_federation_commands_never_show_passwords() -> None:
+    from miros_rabbitmq.cli.cluster import hide_secrets, upstream_definition
+
+    text = 'uri "amqp://bob:dobbs@n1:5672/%2F" and amqps://a:b@n2'
+    assert hide_secrets(text) == 'uri "amqp://bob:******@n1:5672/%2F" and amqps://a:******@n2'
+    definition = upstream_definition(["amqp://bob:dobbs@n1", "amqp://bob:dobbs@n2"])
+    assert definition["uri"] == ["amqp://bob:dobbs@n1", "amqp://bob:dobbs@n2"]
+    assert definition["max-hops"] == 2
