@@ -28,6 +28,7 @@ from miros import Event, return_status, signals, spy_on
 from miros_rabbitmq import NetworkedActiveObject
 from miros_rabbitmq.cli.cluster import link_status
 from miros_rabbitmq.testing import mesh_environment, wait_for
+from miros_rabbitmq.transport import LINKS
 
 WORKER = str(Path(__file__).parent / "cluster_worker.py")
 PROCESSES = 5
@@ -227,9 +228,12 @@ def test_mixed_mode_lan_mesh_node_and_cluster_exchange_events(
                                            rx_routing_key="mixed.lan",
                                            brokers=rabbit_cluster.urls)
         charts += [on_lan, on_cluster]
+        on_cluster.enable_snoop_trace_no_color()
         on_lan.start_at(_recorder(lan_got))
         on_cluster.start_at(_recorder(cluster_got))
         assert on_cluster.other_urls() and on_cluster.this_url() not in on_cluster.other_urls()
+        # one connection to the cluster for the chart and its snoop printer
+        assert len([link for link in LINKS.links() if link.identity[0] == "cluster"]) == 1
 
         done = run_cli(["cluster", "mixed", "--lan-node", lan.nodename, "--lan-url", lan.url,
                         "--cluster-node", cluster_node.nodename,
@@ -308,3 +312,20 @@ def test_federation_commands_never_show_passwords() -> None:
     definition = upstream_definition(["amqp://bob:dobbs@n1", "amqp://bob:dobbs@n2"])
     assert definition["uri"] == ["amqp://bob:dobbs@n1", "amqp://bob:dobbs@n2"]
     assert definition["max-hops"] == 2
+
+
+@pytest.mark.timeout(300)
+def test_snoop_trace_works_unchanged_in_cluster_mode(
+        rabbit_cluster: RabbitCluster, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """test_snoop's three processes, each given the cluster through RABBIT_CLUSTER only."""
+    import test_snoop
+    from cryptography.fernet import Fernet
+
+    rabbit_cluster.heal()
+    plain_env = test_snoop.node_env
+    cluster = ",".join(rabbit_cluster.rotated(1))
+    # RABBIT_PORT=1: a node that ignored RABBIT_CLUSTER would reach no broker at all
+    monkeypatch.setattr(test_snoop, "node_env", lambda key, **extra: {
+        **plain_env(key, **extra), "RABBIT_CLUSTER": cluster, "RABBIT_PORT": "1"})
+    nodes, _ = test_snoop.run_three_nodes(Fernet.generate_key().decode(), [])  # they saw each other
+    assert len(nodes) == 3

@@ -375,6 +375,12 @@ class MirosNets:
             peers = list(self._peers.values())
         return ([self.local_link] if self.local_link is not None else []) + peers
 
+    def broker_key(self) -> tuple[Any, ...]:
+        """Equal for two charts of this process that share their local link."""
+        if self.cluster:
+            return ("cluster", *sorted({a.identity() for a in self.cluster}))
+        return self.local_address.identity()
+
     def this_url(self) -> str:
         """The local broker; in cluster mode the cluster node in use."""
         if self.cluster and self.local_link is not None:
