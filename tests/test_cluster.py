@@ -203,8 +203,13 @@ def _recorder(received: list[Any]) -> Any:
     return listening
 
 
+#: Debian's rabbitmqctl wrapper runs as root (switching to the rabbitmq user); any other
+#: user runs the nodes as itself and reaches them with the plain rabbitmqctl
+CTL = "rabbitmqctl" if os.geteuid() == 0 else "/usr/lib/rabbitmq/bin/rabbitmqctl"
+
+
 def _running_links(node: str) -> int:
-    return sum(1 for link in link_status(node=node) if link.get("status") == "running")
+    return sum(1 for link in link_status(node=node, ctl=CTL) if link.get("status") == "running")
 
 
 @pytest.mark.allow_threads("miros-rabbitmq-io-")
@@ -237,7 +242,7 @@ def test_mixed_mode_lan_mesh_node_and_cluster_exchange_events(
 
         done = run_cli(["cluster", "mixed", "--lan-node", lan.nodename, "--lan-url", lan.url,
                         "--cluster-node", cluster_node.nodename,
-                        "--cluster-url", ",".join(rabbit_cluster.urls)],
+                        "--cluster-url", ",".join(rabbit_cluster.urls), "--ctl", CTL],
                        cwd=str(tmp_path), env=clean_env())
         assert done.returncode == 0, done.stderr
         assert "guest:guest@" not in done.stdout + done.stderr  # no password printed
@@ -267,7 +272,7 @@ def test_mixed_mode_lan_mesh_node_and_cluster_exchange_events(
             chart.stop()
         lan.close()
         run_cli(["cluster", "unfederate", "--node", cluster_node.nodename,
-                 "--name", f"miros-lan-{lan.nodename.replace('@', '_')}"],
+                 "--name", f"miros-lan-{lan.nodename.replace('@', '_')}", "--ctl", CTL],
                 cwd=str(tmp_path), env=clean_env())
 
 
