@@ -8,8 +8,8 @@ the cluster). They share the Erlang cookie of the user they run as (HOME
 needs. Nodes 2 and 3 join node 1; quorum queues then have three replicas.
 
 Start-up takes ~10-30 s on this machine (the nodes boot in parallel, the
-joins are sequential), so the ``rabbit_cluster`` fixture is session-scoped;
-a test that stops or restarts a node calls :meth:`RabbitCluster.heal` first.
+joins are sequential), so the ``rabbit_cluster`` fixture starts it once per
+module; a test that needs every node calls :meth:`RabbitCluster.heal` first.
 """
 
 from __future__ import annotations
@@ -125,9 +125,14 @@ class RabbitCluster:
             node.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def rabbit_cluster() -> Iterator[RabbitCluster]:
-    """A 3-node RabbitMQ cluster on this machine, for the whole session."""
+    """A 3-node RabbitMQ cluster on this machine, started once for the module that uses it.
+
+    Not session-scoped: every cluster test is in tests/test_cluster.py, so this starts
+    it once all the same, and the three nodes do not stay up (and load this shared
+    machine) while the rest of the suite runs.
+    """
     cluster = RabbitCluster().start()
     try:
         yield cluster
