@@ -120,6 +120,9 @@ class MirosNets:
         # on_alien(origin): called (I/O thread, must not block) once per origin of an
         # authentic mesh message that is neither our broker nor a peer (discovery)
         self.on_alien: Callable[[str], None] | None = None
+        # on_mesh_transmit(envelope): called (sender's thread, under the send lock, must
+        # not block) with each mesh envelope sent; snoop publishes a "tx" record from it
+        self.on_mesh_transmit: Callable[[Envelope], None] | None = None
         self._known_origins: set[str] = set()
         self.max_buffer = max_buffer
         self.queue_expires_ms = queue_expires_ms
@@ -298,8 +301,11 @@ class MirosNets:
 
     # ------------------------------------------------------------------ sending
     def transmit(self, signal_name: str, payload: Any, *, network: str = "mesh",
-                 routing_key: str | None = None) -> int:
+                 routing_key: str | None = None, causation: str = "") -> int:
         """Encode once, publish to every broker; returns how many links took it.
+
+        ``causation``: the id of the event whose handling sends this one (see
+        :attr:`Envelope.causation`).
 
         Raises :class:`~miros_rabbitmq.errors.SerializationError` if the payload
         cannot be serialized; never blocks on the network.
@@ -308,8 +314,11 @@ class MirosNets:
         droppable = network != "mesh"
         taken = 0
         with self._send_lock:  # one sender's messages keep their order on every link
-            envelope = Envelope(signal_name, payload, self.identity, next(self._seq), self.origin)
+            envelope = Envelope(signal_name, payload, self.identity, next(self._seq), self.origin,
+                                causation)
             token = net.codec.encode(envelope)
+            if not droppable and self.on_mesh_transmit is not None:
+                self.on_mesh_transmit(envelope)
             for link in self.links():
                 if link.publish(net.exchange, routing_key or net.routing_key, token,
                                 persistent=not droppable, droppable=droppable):

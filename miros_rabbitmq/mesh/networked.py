@@ -23,7 +23,8 @@ from miros.hsm import HsmWithQueues
 
 from miros_rabbitmq.config import Settings, load_settings
 from miros_rabbitmq.errors import ConfigurationError
-from miros_rabbitmq.mesh import snoop
+from miros_rabbitmq.mesh import presence, snoop
+from miros_rabbitmq.mesh.causation import Context, Tracker, tag
 from miros_rabbitmq.mesh.nets import MirosNets
 from miros_rabbitmq.wire.codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -60,6 +61,7 @@ class _RoomyDeque(LockingDeque):
         self.deque: collections.deque[Any] = collections.deque(maxlen=HsmWithQueues.QUEUE_SIZE)
         self.locking_queue: queue.SimpleQueue[None] = queue.SimpleQueue()  # one token per event
         self.on_room: Callable[[], None] | None = None
+        self.causes = Tracker()  # causation ids (miros_rabbitmq.mesh.causation)
 
     def get(self, block: bool = True, timeout: float | None = None) -> None:
         return self.locking_queue.get(block, timeout)
@@ -68,6 +70,7 @@ class _RoomyDeque(LockingDeque):
         return self.locking_queue.get(block, timeout)
 
     def append(self, item: Any) -> None:
+        self.causes.posted(item)
         full = len(self.deque) == self.deque.maxlen
         if full:
             self.deque.rotate(1)  # miros's rule when full: the newest queued event gives way
@@ -76,6 +79,7 @@ class _RoomyDeque(LockingDeque):
             self.locking_queue.put(None)
 
     def appendleft(self, item: Any) -> None:
+        self.causes.posted(item)
         full = len(self.deque) == self.deque.maxlen
         self.deque.appendleft(item)  # when full, the newest queued event falls off the end
         if not full:
@@ -97,6 +101,7 @@ class _RoomyDeque(LockingDeque):
 
     def popleft(self) -> Any:
         item = self.deque.popleft()
+        self.causes.taken(item)
         callback = self.on_room
         if callback is not None and len(self.deque) < RESUME_BELOW:
             self.on_room = None
@@ -206,7 +211,8 @@ class _Networked:
     # -- the public API of miros-rabbitmq 0.2
     def transmit(self, event: Event) -> None:
         """Send ``event`` to every other chart whose rx key matches our tx key."""
-        self.nets.transmit(event.signal_name, event.payload)
+        self.nets.transmit(event.signal_name, event.payload,
+                           causation=self.locking_deque.causes.causation())  # type: ignore[attr-defined]
 
     def this_url(self) -> str:
         """AMQP URL of this node's broker (password masked)."""
@@ -234,10 +240,12 @@ class _Networked:
 
             self._discovery = Discovery.attach(self, self._discovery_config)
         super().start_at(initial_state)  # type: ignore[misc]
+        presence.announce(self)  # "start", then a presence line every few seconds
 
     def stop(self) -> None:
         """Stop the networks (flushing what is buffered, bounded), then the chart."""
         snoop.detach(self)  # publish the snoop lines still queued, stop printing
+        presence.retire(self)  # "stop"
         if self._discovery is not None:
             from miros_rabbitmq.discovery.discovery import Discovery
 
@@ -276,7 +284,9 @@ class _Networked:
             if len(queue.deque) >= RECEIVE_LIMIT:
                 return False  # back-pressure: the delivery stays unacked in RabbitMQ
             queue.on_room = None
-        self.post_fifo(make_event(envelope.signal_name, envelope.payload))  # type: ignore[attr-defined]
+        event = make_event(envelope.signal_name, envelope.payload)
+        tag(event, Context(envelope.event_id, envelope.causation, True, envelope.signal_name))
+        self.post_fifo(event)  # type: ignore[attr-defined]
         return True
 
 

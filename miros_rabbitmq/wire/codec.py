@@ -4,12 +4,15 @@ Pure logic, no I/O: a :class:`Codec` turns an :class:`Envelope` into a Fernet
 token and back. The plaintext inside the token is::
 
     b"M2" | u64 seq | u16 len(signal) | u16 len(sender) | u16 len(origin)
-         | signal name | sender id | origin | body (the network's serializer)
+         | u16 len(causation)
+         | signal name | sender id | origin | causation | body (the network's serializer)
 
 The header carries what the receiver needs before it touches the body: the
 signal name, the sender's identity and sequence number (own-message filter,
 duplicate filter, per-sender order) and the sender's advertised broker
-(aliens). The body is deserialized only after the token authenticated under
+(aliens), and the causation id: the id (``sender:seq``) of the event whose
+handling transmitted this one, empty when none (``miros-rabbitmq view`` draws
+causal chains from it). The body is deserialized only after the token authenticated under
 one of the network's keys, so bytes from anyone without a key never reach
 ``pickle``.
 """
@@ -44,7 +47,7 @@ __all__ = [
 ]
 
 MAGIC = b"M2"
-_HEADER = struct.Struct("!2sQHHH")  # magic, seq, three string lengths
+_HEADER = struct.Struct("!2sQHHHH")  # magic, seq, four string lengths
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -135,13 +138,19 @@ class Envelope:
     sender: str
     seq: int
     origin: str = ""
+    causation: str = ""  # id of the event whose handling sent this one ("" = none)
+
+    @property
+    def event_id(self) -> str:
+        """This message's id as causation ids name it: ``sender:seq``."""
+        return f"{self.sender}:{self.seq}"
 
     def header(self) -> bytes:
-        """The plaintext before the body: fixed fields, then the three strings."""
-        signal, sender, origin = (self.signal_name.encode(), self.sender.encode(),
-                                  self.origin.encode())
-        return _HEADER.pack(MAGIC, self.seq, len(signal), len(sender), len(origin)) + (
-            signal + sender + origin)
+        """The plaintext before the body: fixed fields, then the four strings."""
+        signal, sender, origin, causation = (self.signal_name.encode(), self.sender.encode(),
+                                             self.origin.encode(), self.causation.encode())
+        return _HEADER.pack(MAGIC, self.seq, len(signal), len(sender), len(origin),
+                            len(causation)) + (signal + sender + origin + causation)
 
 
 def _fernet(keys: Sequence[Secret | str | bytes]) -> MultiFernet:
@@ -218,24 +227,25 @@ class Codec:
         except Exception:  # malformed input must never escape the receive loop
             raise DecodeError("garbage") from None
         try:
-            magic, seq, signal_len, sender_len, origin_len = _HEADER.unpack_from(plaintext)
+            magic, seq, signal_len, sender_len, origin_len, cause_len = (
+                _HEADER.unpack_from(plaintext))
             if magic != MAGIC:
                 raise ValueError("no envelope inside the token")
             start = _HEADER.size
             fields = []
-            for length in (signal_len, sender_len, origin_len):
+            for length in (signal_len, sender_len, origin_len, cause_len):
                 fields.append(plaintext[start:start + length].decode())
                 start += length
             if start > len(plaintext):
                 raise ValueError("truncated envelope")
         except (struct.error, ValueError):  # UnicodeDecodeError is a ValueError
             raise DecodeError("garbage", "bad envelope header") from None
-        signal_name, sender, origin = fields
+        signal_name, sender, origin, causation = fields
         try:
             payload = self.serializer.loads(plaintext[start:])
         except Exception as error:
             raise DecodeError("deserialize", type(error).__name__) from None
-        return Envelope(signal_name, payload, sender, seq, origin)
+        return Envelope(signal_name, payload, sender, seq, origin, causation)
 
     def _why_invalid(self, token: bytes) -> str:
         """Tell garbage, a token under another key, and an expired authentic token apart."""
