@@ -47,6 +47,7 @@ def list_charts(ctx: Context, wait: float, show_all: bool, as_json: bool,
         listeners = listen(settings, tap, networks=(snooping.TRACE,), timeout=connect_timeout)
     except ListenError as error:
         fail(str(error))
+    click.echo(f"listening for {wait:g} s", err=True)
     try:
         time.sleep(wait)  # listening is the point: presence lines arrive every few seconds
     finally:

@@ -79,7 +79,8 @@ class Item:
 
     def as_dict(self) -> dict[str, Any]:
         return {"op": "item", "id": self.id, "k": self.kind, "c": self.chart,
-                "ts": self.when.strftime("%H:%M:%S.%f")[:-3], "sig": self.signal,
+                "ts": self.when.strftime("%H:%M:%S.%f")[:-3], "t": _epoch(self.when),
+                "sig": self.signal,
                 "src": self.source, "dst": self.target, "text": self.text,
                 "ev": self.event, "ca": self.cause}
 
@@ -121,6 +122,7 @@ class ViewModel:
         self.links: dict[str, Link] = {}
         self._next_id = 1
         self._updates: list[dict[str, Any]] = []
+        self._changed: dict[str, ChartInfo] = {}  # charts to report at the next drain, once
         self._source: dict[str, int] = {}  # event -> item id of its sending end
         self._links_of: dict[str, list[str]] = collections.defaultdict(list)
         self._signal: dict[str, str] = {}
@@ -163,7 +165,7 @@ class ViewModel:
         if isinstance(interval, (int, float)) and interval > 0:
             chart.interval = float(interval)
         chart.status = "stopped" if payload.get("status") == "stop" else "alive"
-        self._updates.append(chart.as_dict())
+        self._changed[chart.name] = chart
 
     def record(self, record: list[Any] | tuple[Any, ...], now: float) -> Item | None:
         """One snoop record; returns the item it made (None for spy lines and junk)."""
@@ -178,13 +180,13 @@ class ViewModel:
         if chart.status != "alive":
             chart.status = "alive"
         if kind == "spy":
-            self._updates.append(chart.as_dict())
+            self._changed[chart.name] = chart
             return None
         if kind in ("tx", "rx"):
             when, signal = _when_and_signal(text)
             item = self._add(Item(0, kind, name, when, signal=signal, text=text, event=event,
                                   cause=cause))
-            self._updates.append(chart.as_dict())
+            self._changed[chart.name] = chart
             if event:
                 self._signal[event] = signal
                 if cause:
@@ -207,7 +209,7 @@ class ViewModel:
                                   target=target, event=event))
             chart.state = target
             self._stepped(item, name)
-        self._updates.append(chart.as_dict())
+        self._changed[chart.name] = chart
         return item
 
     def tick(self, now: float) -> None:
@@ -215,7 +217,7 @@ class ViewModel:
         for chart in self.charts.values():
             if chart.status == "alive" and now - chart.last_seen > SILENT_AFTER * chart.interval:
                 chart.status = "silent"
-                self._updates.append(chart.as_dict())
+                self._changed[chart.name] = chart
 
     # ------------------------------------------------------------------ links
     def _sent(self, item: Item, chart: str) -> None:
@@ -297,8 +299,10 @@ class ViewModel:
 
     # ------------------------------------------------------------------ reading
     def drain(self) -> list[dict[str, Any]]:
-        """The updates since the last call, oldest first."""
+        """The updates since the last call, oldest first (each changed chart once, last)."""
         updates, self._updates = self._updates, []
+        updates.extend(chart.as_dict() for chart in self._changed.values())
+        self._changed.clear()
         return updates
 
     def snapshot(self, *, last: int = 2000) -> list[dict[str, Any]]:
@@ -368,6 +372,14 @@ class ViewModel:
                     for link in self.links.values()
                     if link.source in number_of and link.target in number_of]
         return Trace(out, messages)
+
+
+def _epoch(when: datetime) -> float:
+    """Unix seconds of a naive local timestamp (miros writes local time)."""
+    try:
+        return round(when.timestamp(), 6)
+    except (OverflowError, OSError, ValueError):
+        return 0.0
 
 
 def _when_and_signal(text: str) -> tuple[datetime, str]:

@@ -44,7 +44,7 @@ __all__ = ["ViewServer", "BATCH_INTERVAL", "LOOPBACK"]
 
 logger = logging.getLogger(__name__)
 
-BATCH_INTERVAL = 0.05  # seconds between batches sent to the pages
+BATCH_INTERVAL = 0.025  # seconds between batches sent to the pages
 MAX_CLIENT_BACKLOG = 200  # batches a slow page may lag before it is sent a fresh snapshot
 MAX_INBOX = 200_000  # messages waiting for the model (beyond: dropped and counted)
 KEEPALIVE = 10.0

@@ -7,8 +7,9 @@
   const TOKEN = document.body.dataset.token;
   const MODE = document.body.dataset.mode;
   const MAX_ITEMS = 5000;   // items kept in the page
-  const MAX_ROWS = 400;     // rows drawn (the newest that pass the filters)
-  const ROW = 22, TOP = 46, LEFT = 90, COL = 230;
+  const MAX_ROWS = 300;     // rows drawn (the newest that pass the filters)
+  const MIN_FRAME_MS = 80;  // draw at most ~12 times a second, however fast lines come
+  const ROW = 22, TOP = 46, LEFT = 200, COL = 230;
   const url = (path) => path + (path.includes("?") ? "&" : "?") + "token=" + TOKEN;
 
   let charts = new Map();   // name -> chart
@@ -20,6 +21,7 @@
   let recording = false;
   let drawn = [];           // the items on screen
   let frame = 0, chartsDirty = true, lines = 0;
+  let fresh = [], delays = [];  // items not drawn yet; seconds from a line's timestamp to its drawing
   const $ = (id) => document.getElementById(id);
   const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;",
     ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
@@ -27,7 +29,7 @@
   function apply(updates) {
     for (const u of updates) {
       if (u.op === "chart") { charts.set(u.name, u); chartsDirty = true; }
-      else if (u.op === "item") { items.push(u); itemById.set(u.id, u); lines++; }
+      else if (u.op === "item") { items.push(u); itemById.set(u.id, u); lines++; fresh.push(u); }
       else if (u.op === "link") { links.set(u.id, u); }
     }
     if (items.length > MAX_ITEMS) {
@@ -38,7 +40,12 @@
     schedule();
   }
   function reset() { charts = new Map(); items = []; itemById = new Map(); links = new Map(); }
-  function schedule() { if (!frame) frame = requestAnimationFrame(render); }
+  let lastDraw = 0;
+  function schedule() {
+    if (frame) return;
+    const wait = Math.max(0, MIN_FRAME_MS - (performance.now() - lastDraw));
+    frame = setTimeout(() => requestAnimationFrame(render), wait);
+  }
 
   // ---------------------------------------------------------------- filters
   function words(id) { return $(id).value.split(",").map((w) => w.trim()).filter(Boolean); }
@@ -59,8 +66,15 @@
   // ---------------------------------------------------------------- drawing
   function render() {
     frame = 0;
+    lastDraw = performance.now();
     if (chartsDirty) renderCharts();
     renderDiagram();
+    if (MODE === "live" && fresh.length) {
+      const now = Date.now() / 1000;
+      for (const it of fresh) if (it.t) delays.push(now - it.t);
+      if (delays.length > 200000) delays.splice(0, delays.length - 100000);
+    }
+    fresh = [];
     $("status").textContent = `${charts.size} charts · ${lines} lines` +
       (paused ? ` · paused (${pending.length} waiting)` : "") +
       (recording ? ` · recording ${recording}` : "");
@@ -228,5 +242,6 @@
     highlighted: () => [...document.querySelectorAll("#diagram .hl")].map((g) =>
       ({id: g.dataset.id, chart: g.dataset.chart, link: g.dataset.link})),
     lines: () => lines,
+    delays: (clear) => { const d = delays; if (clear) delays = []; return d; },
   };
 })();
