@@ -169,7 +169,7 @@ def transition_delay(driver: Any, peer: dict[str, float], count: int) -> None:
                   f"{percentile(values, 99) * 1000:>8.1f}")
     if page and at_listener:
         print(f"ratio page/listener p50: {percentile(page, 50) / percentile(at_listener, 50):.1f}x "
-              f"(the server batches every 25 ms and draws once per frame)")
+              f"(the server batches every 25 ms; the page draws at most ~12 times a second)")
 
 
 # --------------------------------------------------------------------------- presence

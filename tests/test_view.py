@@ -229,8 +229,10 @@ def _links(driver: Any) -> collections.Counter[tuple[str, str, str]]:
 
 
 def _state(driver: Any, name: str) -> str | None:
-    found = driver.find_elements("css selector", f'#charts tr[data-chart="{name}"] td.state')
-    return found[0].text if found else None
+    """The state the chart table shows (read in one script: the page redraws often)."""
+    return driver.execute_script(
+        "const td = document.querySelector(`#charts tr[data-chart='${arguments[0]}'] td.state`);"
+        "return td ? td.textContent : null;", name)
 
 
 def test_the_page_shows_charts_states_arrows_chains_export_and_replay(
@@ -242,8 +244,9 @@ def test_the_page_shows_charts_states_arrows_chains_export_and_replay(
         driver.get(url)
         wait_for(lambda: all(_state(driver, name) == "idle" for name in "abc"), 15,
                  "the three charts and their states on the page")
-        row = driver.find_element("css selector", '#charts tr[data-chart="b"]')
-        assert "view_node.py" in row.text and str(ring["b"].process.pid) in row.text
+        row = driver.execute_script(
+            "return document.querySelector(\"#charts tr[data-chart='b']\").textContent")
+        assert "view_node.py" in row and str(ring["b"].process.pid) in row
         record = driver.execute_async_script(
             "mirosView.setRecording(true).then(arguments[0])")
         assert record["recording"] is True
@@ -267,10 +270,11 @@ def test_the_page_shows_charts_states_arrows_chains_export_and_replay(
         assert mermaid.startswith("sequenceDiagram") and mermaid.count("-->>") == 3
 
         # a click on c's relay transition highlights the chain a -> b -> c (and back to a)
-        target = next(g for g in driver.find_elements("css selector", "#diagram g.item.k-step")
-                      if g.get_attribute("data-chart") == "c" and "relay" in g.text)
-        driver.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', "
-                              "{bubbles: true}))", target)
+        clicked = driver.execute_script(
+            "const g = [...document.querySelectorAll('#diagram g.item.k-step')].find("
+            "  (g) => g.dataset.chart === 'c' && g.textContent.includes('relay'));"
+            "g.dispatchEvent(new MouseEvent('click', {bubbles: true})); return g.dataset.id;")
+        assert clicked
         lit = wait_for(lambda: driver.execute_script("return mirosView.highlighted()")
                        if len(driver.execute_script("return mirosView.highlighted()")) > 6
                        else None, 5, "the causal chain highlighted")

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 import urllib.parse
@@ -92,8 +93,7 @@ class ViewServer:
         self.player: Player | None = None
         if replay is not None:
             self.player = Player(replay, self._replayed, speed=speed)
-        self.httpd = ThreadingHTTPServer((host, port), _handler(self))
-        self.httpd.daemon_threads = True
+        self.httpd = (_Server6 if ":" in host else _Server)((host, port), _handler(self))
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ life cycle
@@ -231,6 +231,14 @@ class ViewServer:
     def _fresh_snapshot(self) -> str:
         with self.lock:
             return json.dumps(self.model.snapshot(), separators=(",", ":"))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # an open page never keeps the process alive
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
 
 
 def _static(name: str) -> bytes:

@@ -148,9 +148,10 @@
       if (x1 === x2) continue;
       const on = hl && hl.links.has(l.id);
       const cls = on ? " hl" : (hl ? " dim" : "");
-      const dx = x2 > x1 ? -6 : 6;
+      // rightwards: end at the box's left side; leftwards: on its top, clear of its label
+      const dx = x2 > x1 ? -6 : 3, dy = x2 > x1 ? 0 : -9;
       out.push(`<g class="link${cls}" data-link="${esc(l.id)}" data-ev="${esc(l.ev)}">` +
-        `<line x1="${x1}" y1="${y1}" x2="${x2 + dx}" y2="${y2}" marker-end="url(#${on ? "arrh" : "arr"})"/>` +
+        `<line x1="${x1}" y1="${y1}" x2="${x2 + dx}" y2="${y2 + dy}" marker-end="url(#${on ? "arrh" : "arr"})"/>` +
         `<text x="${(x1 + x2) / 2}" y="${(y1 + y2) / 2 - 4}" text-anchor="middle">${esc(l.sig)}</text></g>`);
     }
     const svg = $("diagram");
@@ -186,7 +187,7 @@
   async function exportDiagram(fmt) {
     const r = await fetch(url(`export?fmt=${fmt}`), {method: "POST",
       headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({items: drawn.map((it) => it.id)})});
+      body: JSON.stringify({items: visible().map((it) => it.id)})});  // on screen (or due in the next frame)
     return await r.text();
   }
   function download(text, name, type) {
