@@ -301,11 +301,13 @@ class MirosNets:
 
     # ------------------------------------------------------------------ sending
     def transmit(self, signal_name: str, payload: Any, *, network: str = "mesh",
-                 routing_key: str | None = None, causation: str = "") -> int:
+                 routing_key: str | None = None, causation: str = "",
+                 connected_only: bool = False) -> int:
         """Encode once, publish to every broker; returns how many links took it.
 
         ``causation``: the id of the event whose handling sends this one (see
-        :attr:`Envelope.causation`).
+        :attr:`Envelope.causation`). ``connected_only``: skip links that are not
+        connected now instead of buffering (presence lines: a stale one is worthless).
 
         Raises :class:`~miros_rabbitmq.errors.SerializationError` if the payload
         cannot be serialized; never blocks on the network.
@@ -320,6 +322,8 @@ class MirosNets:
             if not droppable and self.on_mesh_transmit is not None:
                 self.on_mesh_transmit(envelope)
             for link in self.links():
+                if connected_only and not link.connected.is_set():
+                    continue
                 if link.publish(net.exchange, routing_key or net.routing_key, token,
                                 persistent=not droppable, droppable=droppable):
                     taken += 1

@@ -8,7 +8,9 @@ list`` and ``miros-rabbitmq view`` show idle charts too.
 A presence line is one small snoop message (signal ``SNOOP_PRESENCE``, JSON
 payload, encrypted with the snoop trace key) per chart per interval, sent
 by one thread per process; like every snoop message it is ``droppable`` at
-the link, so it never blocks or slows the mesh (measured in docs/view.md).
+the link, so it never blocks or slows the mesh (measured in docs/view.md),
+and it goes only to brokers connected at that moment: it never takes room
+in the buffer of a broker that is away.
 The snoop printers do not print it.
 
 Payload (a dict): ``name``, ``identity`` (the chart's sender identity),
@@ -76,7 +78,8 @@ def payload_of(chart: Any, status: str, interval: float) -> dict[str, Any]:
 
 def _send(chart: Any, status: str, interval: float) -> None:
     try:
-        chart.nets.transmit(SIGNAL, payload_of(chart, status, interval), network=TRACE)
+        chart.nets.transmit(SIGNAL, payload_of(chart, status, interval), network=TRACE,
+                            connected_only=True)  # never buffered for a broker that is away
     except Exception:  # presence must never break a chart
         logger.debug("%s: could not send presence", getattr(chart, "name", "?"), exc_info=True)
 
