@@ -69,6 +69,7 @@ from typing import Any
 
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
+from miros_rabbitmq._miros import subscribe_now
 from miros_rabbitmq.cache.locked_json_file import DEFAULT_FILE_MODE, LockedJsonFile, encode_json
 from miros_rabbitmq.errors import ConfigurationError
 from miros_rabbitmq.payloads import CacheReadPayload
@@ -296,8 +297,7 @@ class CacheFileChart(ActiveObject):
         # fabric: a CACHE_FILE_READ published as soon as this constructor
         # returns is then seen. (ActiveObject.subscribe would skip it once any
         # other chart of the process has subscribed to the same signal.)
-        for signal_name in ("CACHE_FILE_READ", "CACHE_FILE_WRITE"):
-            self._subscribe(Event(signal=signal_name), "fifo")
+        subscribe_now(self, *("CACHE_FILE_READ", "CACHE_FILE_WRITE"))
 
     # ---------------------------------------------------------------- public
     @classmethod
