@@ -73,6 +73,7 @@ from miros_rabbitmq._miros import subscribe_now
 from miros_rabbitmq.cache.locked_json_file import DEFAULT_FILE_MODE, LockedJsonFile, encode_json
 from miros_rabbitmq.errors import ConfigurationError
 from miros_rabbitmq.payloads import CacheReadPayload
+from miros_rabbitmq.wire.names import CACHE_FILE
 
 __all__ = [
     "CacheFileChart",
@@ -85,7 +86,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: File used when ``file_path`` is None (in the working folder), as in the seed.
-DEFAULT_CACHE_FILE = ".miros_rabbitmq_cache.json"
+DEFAULT_CACHE_FILE = CACHE_FILE
 #: Contents of a new cache file when ``default_json`` is None: empty and expired.
 DEFAULT_CACHE_JSON: dict[str, Any] = {"time_out_in_minutes": 0}
 
