@@ -304,3 +304,35 @@ def test_any_plain_payload_round_trips_on_both_serializers(payload: object) -> N
     for serializer in (PICKLE, JSON):
         codec = Codec([KEY], serializer=serializer)
         assert codec.decode(codec.encode(envelope(payload))).payload == payload
+
+
+def test_a_parked_delivery_is_decrypted_once_and_size_is_checked_first() -> None:
+    room = [False]
+    delivered: list[Envelope] = []
+
+    def deliver(env: Envelope) -> bool:
+        if not room[0]:
+            return False
+        delivered.append(env)
+        return True
+
+    settings_ = load_settings(rabbit_user="u", rabbit_password="p", mesh_encryption_key=KEY,
+                              dotenv_path="/nonexistent/.env")
+    nets = MirosNets(name="parked", settings=settings_, tx_routing_key="a", rx_routing_key="b",
+                     deliver=deliver, max_message_bytes=2000)
+    codec = nets.networks["mesh"].codec
+    calls: list[bytes] = []
+    real_decode = codec.decode
+
+    def counting_decode(token: bytes, **kwargs: object) -> Envelope:
+        calls.append(token)
+        return real_decode(token, **kwargs)  # type: ignore[arg-type]
+
+    codec.decode = counting_decode  # type: ignore[method-assign]
+    body = Codec([KEY]).encode(GENUINE)
+    assert nets._on_mesh_message(body, "a.b") is False  # no room: parked
+    room[0] = True
+    assert nets._on_mesh_message(body, "a.b") is True  # resumed: not decrypted again
+    assert delivered == [GENUINE] and len(calls) == 1
+    assert nets._on_mesh_message(b"x" * 2001, "a.b") is True
+    assert len(calls) == 1 and nets.drops.counts["mesh.too_large"] == 1
