@@ -153,7 +153,8 @@ class MirosNets:
                                  SNOOP_SPY_ROUTING_KEY),
         }
         self._deliver = deliver
-        self._seq = itertools.count(1)
+        # one sequence per network: a receiver's replay window counts only its network's messages
+        self._seqs = {network: itertools.count(1) for network in self.networks}
         self._send_lock = threading.Lock()
         self._peers_lock = threading.Lock()
         self._peers: dict[tuple[str, int, str, str], BrokerLink] = {}
@@ -324,8 +325,8 @@ class MirosNets:
         taken = 0
         with self._send_lock:  # one sender's messages keep their order on every link
             key = routing_key or net.routing_key
-            envelope = Envelope(signal_name, payload, self.identity, next(self._seq), self.origin,
-                                self.epoch, key)
+            envelope = Envelope(signal_name, payload, self.identity, next(self._seqs[network]),
+                                self.origin, self.epoch, key)
             token = net.codec.encode(envelope)
             for link in self.links():
                 if link.publish(net.exchange, key, token,
