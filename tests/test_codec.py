@@ -121,11 +121,11 @@ def test_clock_is_injectable_and_stamps_the_token() -> None:
 def test_tokens_are_bound_to_their_network_and_routing_key() -> None:
     snoop = Codec([KEY], network=Network.SNOOP_TRACE)
     mesh = Codec([KEY])
-    token = snoop.encode(Envelope("SNOOP_TRACE", [], "s", 1, "", 7, "snoop.trace"))
+    token = snoop.encode(Envelope("SNOOP_TRACE", [], "s", 1, epoch=7, routing_key="snoop.trace"))
     with pytest.raises(DecodeError) as raised:  # same key, another network
         mesh.decode(token)
     assert raised.value.reason == "wrong_network"
-    token = mesh.encode(Envelope("hi", 1, "s", 1, "", 7, "a.b"))
+    token = mesh.encode(Envelope("hi", 1, "s", 1, epoch=7, routing_key="a.b"))
     assert mesh.decode(token, routing_key="a.b").routing_key == "a.b"
     assert mesh.decode(token).payload == 1  # no key to compare with (a direct reply)
     with pytest.raises(DecodeError) as raised:
@@ -232,12 +232,14 @@ def _receiver() -> tuple[MirosNets, _Sink]:
                      deliver=sink), sink
 
 
-GENUINE = Envelope("mesh_hello", {"valid": True}, "sender.abc", 1, "10.0.0.1:5672", 77, "a.b")
+GENUINE = Envelope("mesh_hello", {"valid": True}, "sender.abc", 1, "10.0.0.1:5672",
+                   "other.node:4", epoch=77, routing_key="a.b")
 
 
 def _header_end() -> int:
-    return 2 + 1 + 8 + 8 + 8 + sum(len(text) for text in (
-        GENUINE.signal_name, GENUINE.sender, GENUINE.origin, GENUINE.routing_key))
+    return 2 + 1 + 8 + 8 + 10 + sum(len(text) for text in (
+        GENUINE.signal_name, GENUINE.sender, GENUINE.origin, GENUINE.causation,
+        GENUINE.routing_key))
 
 
 @st.composite

@@ -326,7 +326,7 @@ class MirosNets:
         with self._send_lock:  # one sender's messages keep their order on every link
             key = routing_key or net.routing_key
             envelope = Envelope(signal_name, payload, self.identity, next(self._seqs[network]),
-                                self.origin, self.epoch, key)
+                                self.origin, epoch=self.epoch, routing_key=key)
             token = net.codec.encode(envelope)
             for link in self.links():
                 if link.publish(net.exchange, key, token,

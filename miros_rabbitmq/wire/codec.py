@@ -4,15 +4,20 @@ Pure logic, no I/O: a :class:`Codec` turns an :class:`Envelope` into a Fernet
 token and back. The plaintext inside the token is::
 
     b"M3" | u8 network | u64 epoch | u64 seq
-         | u16 len(signal) | u16 len(sender) | u16 len(origin) | u16 len(routing key)
-         | signal name | sender id | origin | routing key | body (the network's serializer)
+         | u16 len(signal) | u16 len(sender) | u16 len(origin) | u16 len(causation)
+         | u16 len(routing key)
+         | signal name | sender id | origin | causation | routing key
+         | body (the network's serializer)
 
 The header carries what the receiver needs before it touches the body: the
 network and routing key the token was made for (a token is refused on any
 other network or under any other routing key), the signal name, the
 sender's identity, its incarnation (``epoch``, random per sender) and
 sequence number (own-message filter, replay filter, per-sender order) and
-the sender's advertised broker (aliens). The time the token was made is
+the sender's advertised broker (aliens), and the causation id: the id
+(``sender:seq``) of the event whose handling transmitted this one, empty
+when none (``miros-rabbitmq view`` draws causal chains from it). The time
+the token was made is
 Fernet's own authenticated timestamp. The body is deserialized only after
 the token authenticated under one of the network's keys, so bytes from
 anyone without a key never reach ``pickle``.
@@ -61,7 +66,7 @@ __all__ = [
 
 MAGIC = b"M3"
 OLD_MAGIC = b"M2"  # 0.3 development builds: no network, route or epoch inside
-_HEADER = struct.Struct("!2sBQQHHHH")  # magic, network, epoch, seq, four string lengths
+_HEADER = struct.Struct("!2sBQQHHHHH")  # magic, network, epoch, seq, five string lengths
 _NETWORK_IDS = {Network.MESH: 1, Network.SNOOP_TRACE: 2, Network.SNOOP_SPY: 3, Network.SCOUT: 4}
 _NETWORK_OF_ID = {number: network for network, number in _NETWORK_IDS.items()}
 _FERNET_VERSION = 0x80
@@ -110,10 +115,12 @@ JSON = Serializer(
 class Envelope:
     """What one transmitted event, trace line, spy line or scout message carries.
 
-    ``routing_key``: the key the sender publishes it under (checked by the
-    receiver against the key it arrived with). ``epoch``: the sender's
-    incarnation. ``sent_at``: the token's authenticated time (set on decode;
-    ignored on encode, where the codec's clock stamps it).
+    ``causation``: the id of the event whose handling sent this one ("" =
+    none). ``epoch``: the sender's incarnation (0: none, as in scout
+    messages). ``routing_key``: the key the sender publishes it under
+    (checked by the receiver against the key it arrived with). ``sent_at``:
+    the token's authenticated time (set on decode; ignored on encode, where
+    the codec's clock stamps it).
     """
 
     signal_name: str
@@ -121,14 +128,20 @@ class Envelope:
     sender: str
     seq: int
     origin: str = ""
+    causation: str = ""
     epoch: int = 0
     routing_key: str = ""
     sent_at: float = field(default=0.0, compare=False)
 
+    @property
+    def event_id(self) -> str:
+        """This message's id as causation ids name it: ``sender:seq``."""
+        return f"{self.sender}:{self.seq}"
+
     def header(self, network: Network) -> bytes:
-        """The plaintext before the body: fixed fields, then the four strings."""
+        """The plaintext before the body: fixed fields, then the five strings."""
         strings = (self.signal_name.encode(), self.sender.encode(), self.origin.encode(),
-                   self.routing_key.encode())
+                   self.causation.encode(), self.routing_key.encode())
         return _HEADER.pack(MAGIC, _NETWORK_IDS[network], self.epoch, self.seq,
                             *(len(s) for s in strings)) + b"".join(strings)
 
@@ -271,7 +284,7 @@ class Codec:
             raise DecodeError("garbage", "bad envelope header") from None
         if start > len(plaintext):
             raise DecodeError("garbage", "truncated envelope")
-        signal_name, sender, origin, sent_key = fields
+        signal_name, sender, origin, causation, sent_key = fields
         if routing_key is not None and routing_key != sent_key:
             raise DecodeError("wrong_route", "routing key differs from the one inside")
         if self.max_age is not None and abs(self.clock() - sent_at) > self.max_age:
@@ -280,7 +293,7 @@ class Codec:
             payload = self.serializer.loads(plaintext[start:])
         except Exception as error:
             raise DecodeError("deserialize", type(error).__name__) from None
-        return Envelope(signal_name, payload, sender, seq, origin, epoch, sent_key,
+        return Envelope(signal_name, payload, sender, seq, origin, causation, epoch, sent_key,
                         float(sent_at))
 
 
