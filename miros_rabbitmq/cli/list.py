@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import Any
 
 import click
 from rich.table import Table
 
-from miros_rabbitmq.cli import Context, _check_keys, _load, cli, fail
-
 __all__ = ["list_charts"]
 
 
-@cli.command("list")
+@click.command("list")
 @click.option("--wait", default=3.0, show_default=True, type=click.FloatRange(0.1, 600),
               help="Seconds to listen (charts announce themselves every 2 s).")
 @click.option("--all", "show_all", is_flag=True, help="Also charts that stopped or went silent.")
@@ -22,7 +21,7 @@ __all__ = ["list_charts"]
 @click.option("--connect-timeout", default=5.0, show_default=True,
               type=click.FloatRange(0.1, 120), help="Seconds to wait for the broker.")
 @click.pass_obj
-def list_charts(ctx: Context, wait: float, show_all: bool, as_json: bool,
+def list_charts(ctx: Any, wait: float, show_all: bool, as_json: bool,
                 connect_timeout: float) -> None:
     """List the charts alive on the mesh: name, host, process, current state.
 
@@ -30,6 +29,7 @@ def list_charts(ctx: Context, wait: float, show_all: bool, as_json: bool,
     starts, every few seconds while it runs, and when it stops; this listens
     for --wait seconds and prints what it heard.
     """
+    from miros_rabbitmq.cli import _check_keys, _load, fail
     from miros_rabbitmq.mesh import snoop as snooping
     from miros_rabbitmq.view.live import ListenError, listen
     from miros_rabbitmq.view.model import ViewModel

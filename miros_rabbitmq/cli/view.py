@@ -6,15 +6,14 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
 import click
-
-from miros_rabbitmq.cli import EXIT_UNUSABLE, Context, _check_keys, _load, cli, fail
 
 __all__ = ["view"]
 
 
-@cli.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to serve the page on (anything but loopback exposes it: "
               "the token is then all that protects it).")
@@ -34,7 +33,7 @@ __all__ = ["view"]
 @click.option("--connect-timeout", default=5.0, show_default=True,
               type=click.FloatRange(0.1, 120), help="Seconds to wait for the broker.")
 @click.pass_obj
-def view(ctx: Context, host: str, port: int, token: str | None, replay_file: str | None,
+def view(ctx: Any, host: str, port: int, token: str | None, replay_file: str | None,
          speed: float, record_dir: str, duration: float | None, connect_timeout: float) -> None:
     """Serve a live page of the mesh: charts, states, events, causal chains.
 
@@ -42,6 +41,7 @@ def view(ctx: Context, host: str, port: int, token: str | None, replay_file: str
     the page's URL, which carries a random token; the page is served on
     127.0.0.1 unless --host says otherwise. Ctrl-C stops it.
     """
+    from miros_rabbitmq.cli import EXIT_UNUSABLE, _check_keys, _load, fail
     from miros_rabbitmq.view.live import ListenError, listen
     from miros_rabbitmq.view.record import read_record
     from miros_rabbitmq.view.server import LOOPBACK, ViewServer

@@ -28,7 +28,9 @@ from __future__ import annotations
 import threading
 from typing import Any, NamedTuple
 
-__all__ = ["Context", "ATTRIBUTE", "context_of", "tag"]
+from miros_rabbitmq._miros import RoomyDeque
+
+__all__ = ["Context", "ATTRIBUTE", "context_of", "tag", "Tracker", "CausalDeque"]
 
 ATTRIBUTE = "_miros_rabbitmq_context"  # the attribute set on a miros Event
 
@@ -99,3 +101,25 @@ class Tracker:
         if current is None or self.owner != threading.get_ident():
             return ""
         return current.event
+
+
+class CausalDeque(RoomyDeque):
+    """A networked chart's queue: :class:`~miros_rabbitmq._miros.RoomyDeque` plus the
+    causation bookkeeping (:attr:`causes`)."""
+
+    def __init__(self, resume_below: int) -> None:
+        super().__init__(resume_below)
+        self.causes = Tracker()
+
+    def append(self, item: Any) -> None:
+        self.causes.posted(item)
+        super().append(item)
+
+    def appendleft(self, item: Any) -> None:
+        self.causes.posted(item)
+        super().appendleft(item)
+
+    def popleft(self) -> Any:
+        item = super().popleft()
+        self.causes.taken(item)
+        return item

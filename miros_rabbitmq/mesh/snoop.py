@@ -63,19 +63,23 @@ from typing import Any, NamedTuple, TextIO
 
 import click
 
+from miros_rabbitmq._miros import chart_queue
 from miros_rabbitmq.config import Secret, Settings
 from miros_rabbitmq.errors import DecodeError
-from miros_rabbitmq.mesh.nets import (
+from miros_rabbitmq.mesh.nets import DropCounter, MirosNets
+from miros_rabbitmq.transport import LINKS, BrokerAddress, BrokerLink, Consumer
+from miros_rabbitmq.wire.codec import JSON, Codec
+from miros_rabbitmq.wire.names import (
+    DEFAULT_HEARTBEAT,
     EXCHANGES,
+    SNOOP_QUEUE_PREFIX,
     SNOOP_SPY_EXCHANGE,
     SNOOP_SPY_ROUTING_KEY,
     SNOOP_TRACE_EXCHANGE,
     SNOOP_TRACE_ROUTING_KEY,
-    DropCounter,
-    MirosNets,
 )
-from miros_rabbitmq.transport import LINKS, BrokerAddress, BrokerLink, Consumer
-from miros_rabbitmq.wire.codec import JSON, Codec
+from miros_rabbitmq.wire.names import Network as NetworkName
+from miros_rabbitmq.wire.replay import ReplayGuard
 
 __all__ = [
     "TRACE",
@@ -328,7 +332,7 @@ class SnoopListener:
         keys: Sequence[Secret | str | bytes],
         *,
         color: bool = True,
-        heartbeat: int = 30,
+        heartbeat: int = DEFAULT_HEARTBEAT,
         write: Callable[[str], None] | None = None,
         grep: Iterable[str] = (),
         local_identities: Iterable[str] = (),
@@ -339,7 +343,9 @@ class SnoopListener:
             raise ValueError(f"not a snoop network: {network!r}")
         self.address = address
         self.network = network
-        self.codec = Codec(keys, serializer=JSON)  # as MirosNets' snoop networks
+        # as MirosNets' snoop networks: tokens of this network only
+        self.codec = Codec(keys, serializer=JSON, network=NetworkName(network))
+        self.replays = ReplayGuard(owner=f"snoop-{network}")
         self.color = color
         self.heartbeat = heartbeat
         self.write = write
@@ -374,7 +380,8 @@ class SnoopListener:
                 exchange=EXCHANGE[self.network],
                 routing_keys=[ROUTING_KEY[self.network]],
                 on_message=self._on_message,
-                queue=f"miros.snoop.{self.network[6:]}.{host}.{uuid.uuid4().hex[:12]}",
+                with_routing_key=True,
+                queue=f"{SNOOP_QUEUE_PREFIX}{self.network[6:]}.{host}.{uuid.uuid4().hex[:12]}",
                 durable=False,  # exclusive: the broker deletes it with our connection
                 prefetch=512,
             )
@@ -393,12 +400,19 @@ class SnoopListener:
         PRINTER.release(flush_timeout)
 
     # -- the I/O thread
-    def _on_message(self, body: bytes) -> bool:
+    def _on_message(self, body: bytes, routing_key: str | None = None) -> bool:
         try:
-            envelope = self.codec.decode(body)
+            envelope = self.codec.decode(body, routing_key=routing_key)
         except DecodeError as error:
             self.drops.drop(self.network, error.reason)
             return True
+        if envelope.epoch == 0:  # no sender incarnation: a scout message, not a snoop line
+            self.drops.drop(self.network, "no_epoch")
+            return True
+        if self.replays.seen(envelope.sender, envelope.epoch, envelope.seq):
+            self.drops.drop(self.network, "replay")
+            return True
+        self.replays.accept(envelope.sender, envelope.epoch, envelope.seq)
         self.received += 1
         if self.tap is not None:
             try:
@@ -621,7 +635,10 @@ class ChartSnoop:
 
     # -- causation (miros_rabbitmq.mesh.causation): what the view draws arrows from
     def _causes(self) -> Any:
-        queue = self.chart.__dict__.get("locking_deque")
+        try:
+            queue = chart_queue(self.chart)
+        except AttributeError:  # not a networked chart's queue
+            return None
         return getattr(queue, "causes", None)
 
     def _hook_causation(self, on: bool) -> None:
