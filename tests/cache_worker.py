@@ -110,10 +110,8 @@ def chart_class(policy: str, journal: str | None) -> Any:
     class JournalingChart(CacheFileChart):
         WAIT_POLICY = policy
 
-        def _write_request(self) -> bool:
-            ok = super()._write_request()
-            request = self._request
-            if ok and journal and request is not None and request.data is not None:
+        def _committed(self, request: Any) -> None:
+            if journal and request.data is not None:
                 # still under the exclusive lock: journal order = replacement order
                 document = json.loads(request.data)
                 line = f"{document['writer']} {document['seq']} {os.getpid()}\n".encode()
@@ -122,7 +120,6 @@ def chart_class(policy: str, journal: str | None) -> Any:
                     os.write(fd, line)
                 finally:
                     os.close(fd)
-            return ok
 
     return JournalingChart
 

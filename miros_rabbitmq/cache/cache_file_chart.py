@@ -66,6 +66,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -159,6 +160,11 @@ class _Request:
     error: OSError | None = None  # the lock waiter could not wait
     staged: str | None = None  # a write's temporary file, written before taking the lock
     locked_at: float | None = None  # time.monotonic() when the lock waiter got the lock
+    # the lock waiter puts a waiting write's staged file in place the moment it
+    # holds the lock; ``guard`` keeps coalescing away from a write being committed
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    committing: bool = False
+    outcome: float | Exception | None = None  # the waiter's commit: st_mtime, or the error
 
 
 # ---------------------------------------------------------------------------
@@ -407,10 +413,21 @@ class CacheFileChart(ActiveObject):
                 latest = current
         if latest is None:
             return False
-        if latest.staged is not None:
-            self.file.discard(latest.staged)
-            latest.staged = None
-        latest.data = request.data
+        staged: str | None = None
+        if self.WAIT_POLICY == "queue":
+            assert request.data is not None
+            try:
+                staged = self.file.stage(request.data)  # ready for the lock waiter
+            except OSError:
+                staged = None  # staged again under the lock, where errors are reported
+        with latest.guard:
+            if latest.committing:  # too late: the lock waiter is putting it in place
+                if staged is not None:
+                    self.file.discard(staged)
+                return False
+            old, latest.staged, latest.data = latest.staged, staged, request.data
+        if old is not None:
+            self.file.discard(old)
         self.stats.coalesced += 1
         return True
 
@@ -444,8 +461,8 @@ class CacheFileChart(ActiveObject):
             self._fail_request(request)
             return False
         queue_policy = self.WAIT_POLICY == "queue"
-        if queue_policy and not write:
-            acquired = True
+        if queue_policy and (not write or request.outcome is not None):
+            acquired = True  # a read needs no lock; the lock waiter has written this one
         else:
             try:
                 if write and queue_policy and request.staged is None:
@@ -487,12 +504,43 @@ class CacheFileChart(ActiveObject):
         return False
 
     def _lock_held(self, event: Event, error: OSError | None) -> None:
-        """Lock waiter thread: the lock is ours (or waiting failed); wake the chart."""
+        """Lock waiter thread: the lock is ours (or waiting failed); wake the chart.
+
+        Holding the lock, the waiter puts the staged document in place at
+        once and lets go of the lock, then posts the chart ``file_write``;
+        the chart's ``file_write`` entry reports the outcome. Handing the
+        lock over to the chart's thread first would keep every writer behind
+        us waiting for two more thread wake-ups (measured: at 500 processes
+        that doubled the time the lock was held).
+        """
+        request: _Request = event.payload
         if error is not None:
-            event.payload.error = error
-        else:
-            event.payload.locked_at = time.monotonic()
+            request.error = error
+            self.post_fifo(event)
+            return
+        request.locked_at = time.monotonic()
+        with request.guard:
+            request.committing = True
+            staged, request.staged = request.staged, None
+        try:
+            assert request.data is not None
+            if staged is None:
+                staged = self.file.stage(request.data)
+            request.outcome = self.file.commit(staged)
+            self._committed(request)
+        except Exception as problem:  # reported by the chart's file_write entry
+            request.outcome = problem
+        finally:
+            self.file.unlock()
+            self.stats.holds.append(time.monotonic() - request.locked_at)
         self.post_fifo(event)
+
+    def _committed(self, request: _Request) -> None:
+        """Called with the exclusive lock held, right after ``request``'s document was put in place.
+
+        Does nothing; a hook for tests and benchmarks (a journal of the order
+        of replacement).
+        """
 
     def _read_file(self) -> bool:
         """Entry of file_read: read the file; the answer is published once the lock is free."""
@@ -521,9 +569,15 @@ class CacheFileChart(ActiveObject):
         assert request is not None and request.data is not None
         staged, request.staged = request.staged, None
         try:
-            if staged is None:
-                staged = self.file.stage(request.data)
-            self.stats.last_write_mtime = self.file.commit(staged)
+            if isinstance(request.outcome, Exception):
+                raise request.outcome
+            if request.outcome is not None:  # the lock waiter has put it in place
+                self.stats.last_write_mtime = request.outcome
+            else:
+                if staged is None:
+                    staged = self.file.stage(request.data)
+                self.stats.last_write_mtime = self.file.commit(staged)
+                self._committed(request)
             self._sync_folder = True
         except Exception as error:  # OSError, or a bug: never kill the chart's thread
             self.stats.errors += 1

@@ -423,14 +423,17 @@ class _WritersQueue:
     def ticket(self) -> int | None:
         return self._ticket if self._pid == os.getpid() else None
 
-    def join(self) -> bool:
-        """Take a ticket (once); False if this file system cannot queue."""
+    def join(self, *, block: bool = True) -> bool | None:
+        """Take a ticket (once). True: in line; False: no queue here;
+        None: another writer is taking a ticket right now (``block=False``)."""
         if self.broken:
             return False
         if self.ticket is not None:
             return True
         try:
-            self.file.acquire(False, block=True)  # held for a few system calls only
+            # held for a few system calls only, but never block a chart's thread on it
+            if not self.file.acquire(False, block=block):
+                return None
             try:
                 fd = self.file.fd
                 raw = os.pread(fd, 8, 0)
@@ -562,7 +565,8 @@ class LockedJsonFile:
             if self._lock.held:
                 return True
             self._make_folder()
-            if self._queue.join() and not self._queue.first_in_line(block=False):
+            joined = self._queue.join(block=False)
+            if joined is None or (joined and not self._queue.first_in_line(block=False)):
                 return False
             if not self._intent.held and not self._intent.acquire(False, block=False):
                 return False
