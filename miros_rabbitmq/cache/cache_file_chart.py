@@ -4,10 +4,12 @@ Thousands of processes may share the file. Every write replaces the file
 atomically (see :mod:`miros_rabbitmq.cache.locked_json_file`), so a read
 needs no lock: it sees the whole document in place when it opened the file.
 Writes take an OS lock on a side file, so they replace the file one at a
-time. The chart never blocks its own thread: a write that finds the lock
-busy is handed to a helper thread (:class:`~miros_rabbitmq.cache.lock_waiter.LockWaiter`)
-that waits in the kernel and posts the chart ``file_write`` the moment the
-lock is its own.
+time, first come first served. The chart never blocks its own thread: a
+write that finds the lock busy (or other writers before it) is handed to a
+helper thread (:class:`~miros_rabbitmq.cache.lock_waiter.LockWaiter`) that
+waits in the kernel; the moment the lock is its own it puts the document
+(written to a temporary file beforehand) in place, lets go of the lock and
+posts the chart ``file_write``.
 
 States (the seed design's chart)::
 
@@ -15,14 +17,15 @@ States (the seed design's chart)::
       CACHE_FILE_READ / CACHE_FILE_WRITE  -> queue a request, post file_read / file_write
       file_read                           -> file_read (no lock to wait for)
       file_write [exclusive lock held]    -> file_write
-      file_write [lock busy]              -> the lock waiter posts file_write again
-                                             once it holds the lock
+      file_write [lock busy]              -> the lock waiter waits for the lock, puts
+                                             the document in place, posts file_write
       +-- file_accessed          (exit: release the lock, publish a read's CACHE,
             |                           start the next queued request)
             access_failed        -> file_access_waiting
             +-- file_read        (entry: read the file, post read_successful)
             |     read_successful  -> file_access_waiting
-            +-- file_write       (entry: atomic write, post write_successful)
+            +-- file_write       (entry: atomic write -- or the waiter's outcome --,
+                  |                      post write_successful)
                   write_successful -> file_access_waiting
 
 Requests are served in the order they arrive: one that comes in while
