@@ -650,7 +650,7 @@ class CacheFileChart(ActiveObject):
         if target is None:
             return default
         try:
-            name = os.fspath(target)  # type: ignore[arg-type]
+            name = os.fspath(target)
             if not isinstance(name, str):
                 return False
             if os.sep in name or (os.altsep is not None and os.altsep in name):
