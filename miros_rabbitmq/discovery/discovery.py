@@ -64,7 +64,13 @@ from miros_rabbitmq.errors import ConfigurationError, PeerAddressError
 from miros_rabbitmq.mesh.challenge import ScoutCredentials
 from miros_rabbitmq.mesh.nets import MESH_EXCHANGE
 from miros_rabbitmq.payloads import ConnectionDiscoveryPayload
-from miros_rabbitmq.transport import PROBER, TIMEOUT_AFTER_CONNECT, BrokerAddress, ProbeResult
+from miros_rabbitmq.transport import (
+    PROBER,
+    TIMEOUT_AFTER_CONNECT,
+    BrokerAddress,
+    ProbeResult,
+    local_broker,
+)
 from miros_rabbitmq.wire.codec import signal_number
 
 __all__ = [
@@ -166,9 +172,7 @@ class Discovery:
         self.config = (config or DiscoveryConfig()).resolved()
         self.max_buffer = max_buffer
         self.lan = settings.lan_discovery
-        self.local = BrokerAddress(settings.rabbit_host, settings.rabbit_port,
-                                   settings.rabbit_vhost, settings.rabbit_user,
-                                   settings.rabbit_password)
+        self.local = local_broker(settings)
         self.origin: str | None = None
         self.credentials: ScoutCredentials | None = None
         self.factory: ProducerFactoryChart | None = None

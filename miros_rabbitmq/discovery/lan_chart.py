@@ -204,7 +204,7 @@ class LanChart(ActiveObject):
         self.fresh_for = limit - age
         self.last_addresses = hosts
         logger.info("lan_chart: fresh LAN cache (%d peers, %.0f s old): no scan", len(hosts), age)
-        self._announce(hosts, amqp_urls)
+        self._announce(hosts, amqp_urls, unverified=True)  # a file anyone may have written
         return True
 
     def request_recce(self) -> None:
@@ -234,11 +234,11 @@ class LanChart(ActiveObject):
         shown = f"[{host}]" if ":" in host else host
         return f"amqp://{shown}:{self.port}/%2F"
 
-    def _announce(self, hosts: list[str], urls: list[str]) -> None:
+    def _announce(self, hosts: list[str], urls: list[str], *, unverified: bool = False) -> None:
         if hosts or urls:
             self.publish(Event(signal=signals.CONNECTION_DISCOVERY,
                                payload=tagged(ConnectionDiscoveryPayload(hosts, urls, DISPATCHER),
-                                              self.tag)))
+                                              self.tag, unverified=unverified)))
 
     def stop(self) -> None:
         self.timers.close()

@@ -23,7 +23,14 @@ from typing import Any
 from miros_rabbitmq.config import Secret, Settings
 from miros_rabbitmq.errors import BrokerAuthenticationError, DecodeError, PeerAddressError
 from miros_rabbitmq.mesh import challenge
-from miros_rabbitmq.transport import LINKS, BrokerAddress, BrokerLink, Consumer, parse_peer
+from miros_rabbitmq.transport import (
+    LINKS,
+    BrokerAddress,
+    BrokerLink,
+    Consumer,
+    local_broker,
+    parse_peer,
+)
 from miros_rabbitmq.wire.codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
     JSON,
@@ -59,6 +66,7 @@ EXCHANGES = (
 DEFAULT_QUEUE_EXPIRES_MS = 10 * 60 * 1000  # an abandoned chart queue lives 10 min
 DEFAULT_QUEUE_MAX_LENGTH = 100_000
 DEDUP_SENDERS = 4096  # senders remembered by the duplicate filter
+MAX_KNOWN_ORIGINS = 4096  # origins already checked for aliens (then forgotten, all at once)
 DROP_LOG_INTERVAL = 60.0
 
 
@@ -147,9 +155,7 @@ class MirosNets:
         self._peers: dict[tuple[str, int, str, str], BrokerLink] = {}
         self._last_seq: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._initial_peers = list(peers)
-        self.local_address = BrokerAddress(settings.rabbit_host, settings.rabbit_port,
-                                           settings.rabbit_vhost, settings.rabbit_user,
-                                           settings.rabbit_password)
+        self.local_address = local_broker(settings)
         self.local_link: BrokerLink | None = None
         self.consumer: Consumer | None = None
         self._local_consumers: list[Consumer] = []
@@ -346,13 +352,18 @@ class MirosNets:
     def _check_origin(self, origin: str) -> None:
         """Report an origin that is neither our broker nor a peer, once (I/O thread)."""
         try:
-            key = parse_peer(origin, self.settings).identity()
+            # no DNS on the I/O thread: a name not resolved yet goes to discovery,
+            # which resolves it on its own thread (and scouts it before adopting it)
+            key = parse_peer(origin, self.settings).cached_identity()
+            valid = True
         except PeerAddressError:
-            key = None
+            key, valid = None, False
         with self._peers_lock:
+            if len(self._known_origins) >= MAX_KNOWN_ORIGINS:
+                self._known_origins.clear()
             self._known_origins.add(origin)
             local = self.local_link.identity if self.local_link is not None else None
-            alien = key is not None and key != local and key not in self._peers
+            alien = valid and (key is None or (key != local and key not in self._peers))
         callback = self.on_alien
         if alien and callback is not None:
             try:
