@@ -264,7 +264,8 @@ class Discovery:
             self.lan_chart = LanChart(
                 config.time_out_in_minutes, live_trace=config.live_trace,
                 live_spy=config.live_spy, cache_file=config.lan_cache_file,
-                port=self.settings.rabbit_port, recce=self.recce, tag=self.tag)
+                port=self.settings.rabbit_port, recce=self.recce, tag=self.tag,
+                tls=self.settings.rabbit_tls)
         self.started = True
         logger.info("discovery started for %s (hosts file %s, LAN %s)", self.local.hostport,
                     config.hosts_file, "on" if self.lan else "off")
