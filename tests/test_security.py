@@ -408,6 +408,9 @@ def test_errors_never_show_passwords() -> None:
         with pytest.raises(PeerAddressError) as error:
             parse_peer(entry, settings)
         assert "hunter2" not in str(error.value), entry
+    for entry in ("evil\x1b]0;pwned\x07:5672", "amqp://h\x1b[2J/"):  # an origin from the network
+        with pytest.raises(PeerAddressError):
+            parse_peer(entry, settings)
     address = parse_peer("amqp://bob:hunter2@10.0.0.7/v", settings)
     assert "hunter2" not in repr(address) and "hunter2" not in str(address)
     assert "hunter2-real" not in repr(settings) and "hunter2-real" not in repr(
@@ -766,3 +769,19 @@ def test_discover_never_prints_a_url_password(tmp_path) -> None:
     done = _cli(tmp_path, "discover", "--hosts", "hosts.json", "--timeout", "0.3")
     assert "hunter2" not in done.stdout + done.stderr
     assert "127.0.0.1" in done.stdout, done.stdout + done.stderr
+
+
+def test_doctor_checks_the_scout_account(tls_node, tmp_path) -> None:
+    key = Fernet.generate_key().decode()
+    base = (f"RABBIT_USER=guest\nRABBIT_PASSWORD=guest\nRABBIT_PORT={tls_node.port}\n"
+            f"MESH_ENCRYPTION_KEY={key}\n")
+    (tmp_path / ".env").write_text(base + f"SCOUT_USER={SCOUT_USER}\n"
+                                   f"SCOUT_PASSWORD={SCOUT_PASSWORD}\n")
+    os.chmod(tmp_path / ".env", 0o600)
+    good = _cli(tmp_path, "doctor")
+    assert f"SCOUT_USER={SCOUT_USER} logs in" in good.stdout, good.stdout + good.stderr
+    assert SCOUT_PASSWORD not in good.stdout + good.stderr
+    (tmp_path / ".env").write_text(base + "SCOUT_USER=nobody_here\nSCOUT_PASSWORD=wrong-pw\n")
+    bad = _cli(tmp_path, "doctor")
+    assert bad.returncode != 0 and "rabbitmqctl add_user nobody_here" in bad.stdout
+    assert "wrong-pw" not in bad.stdout + bad.stderr

@@ -118,8 +118,25 @@ class BrokerProbe:
     elapsed: float
 
 
+def _scout_check(settings: Settings) -> Any:
+    """The scout account (docs/security.md): present, and able to log in here?"""
+    if not settings.scout_user or settings.scout_password is None:
+        how = "TLS" if settings.rabbit_tls else "RABBIT_USER's login in plain AMQP"
+        return Check("scout account", "ok", f"none: scouts log in with {how} (set SCOUT_USER/"
+                      "SCOUT_PASSWORD to keep RABBIT_PASSWORD from strangers; docs/security.md)")
+    probe = probe_broker(settings.rabbit_host, settings.rabbit_port, settings.scout_user,
+                         settings.scout_password, vhost=settings.rabbit_vhost,
+                         tls=settings.tls_config if settings.rabbit_tls else None)
+    if probe.ok:
+        return Check("scout account", "ok", f"SCOUT_USER={settings.scout_user} logs in")
+    return Check("scout account", "fail", f"SCOUT_USER={settings.scout_user}: {probe.reason}",
+                 f"rabbitmqctl add_user {settings.scout_user} '<SCOUT_PASSWORD>' && rabbitmqctl "
+                 f"set_permissions -p / {settings.scout_user} '^$' "
+                 "'^miros\\.scout\\.exchange$' '^$'")
+
+
 def probe_broker(host: str, port: int, user: str, password: Secret, *, vhost: str = "/",
-                 timeout: float = 5.0) -> BrokerProbe:
+                 timeout: float = 5.0, tls: Any = None) -> BrokerProbe:
     """Can we reach the broker, and does it accept the credentials?
 
     A plain TCP connect first (a quick, clear answer for a closed port), then
@@ -135,7 +152,7 @@ def probe_broker(host: str, port: int, user: str, password: Secret, *, vhost: st
         reason = error.strerror or type(error).__name__
         return BrokerProbe(False, False, f"cannot connect to {host}:{port} ({reason})",
                            time.monotonic() - started)
-    link = BrokerLink(BrokerAddress(host, port, vhost, user, password), heartbeat=30,
+    link = BrokerLink(BrokerAddress(host, port, vhost, user, password, tls), heartbeat=30,
                       max_buffer=16)
     try:
         deadline = started + timeout
@@ -431,8 +448,9 @@ def _doctor_checks(env_file: str | None) -> list[Check]:
                 checks.append(Check("keys", "ok", f"{variable}: " + (
                     "defaults to the mesh key" if same else f"{_mask_keys(keys)}, valid Fernet")))
     if settings is not None:
+        tls = settings.tls_config if settings.rabbit_tls else None
         probe = probe_broker(settings.rabbit_host, settings.rabbit_port, settings.rabbit_user,
-                             settings.rabbit_password, vhost=settings.rabbit_vhost)
+                             settings.rabbit_password, vhost=settings.rabbit_vhost, tls=tls)
         where = f"{settings.rabbit_host}:{settings.rabbit_port}"
         if probe.ok:
             checks.append(Check("broker", "ok", f"{probe.reason} ({probe.elapsed * 1000:.0f} ms)"))
@@ -451,6 +469,8 @@ def _doctor_checks(env_file: str | None) -> list[Check]:
         else:
             checks.append(Check("broker", "fail", f"broker at {where}: {probe.reason}",
                                 "is it RabbitMQ (AMQP 0-9-1) on that port?"))
+    if settings is not None:
+        checks.append(_scout_check(settings))
     hosts_path = HOSTS_FILE
     if not os.path.exists(hosts_path):
         checks.append(Check("hosts file", "ok", f"no {hosts_path} (optional: "
@@ -663,8 +683,8 @@ def hosts_list(click_ctx: click.Context) -> None:
     if contents.repaired and size > 0:
         fail(f"{path} is not a hosts file (not valid JSON); fix or delete it")
     entries = _hosts_of(contents.dict, path)
-    for entry in entries:
-        click.echo(entry)
+    for entry in entries:  # a shared file: no password shown, no control character obeyed
+        click.echo(printable(mask_url(entry)))
     if not entries:
         click.echo(f"{path}: no hosts", err=True)
 

@@ -398,8 +398,8 @@ def parse_peer(entry: str, settings: Settings) -> BrokerAddress:
             hostname = parsed.hostname
         except ValueError:
             raise PeerAddressError(f"not an amqp:// URL: {_shown(text)}") from None
-        if parsed.scheme not in ("amqp", "amqps") or not hostname:
-            raise PeerAddressError(f"not an amqp:// URL: {_shown(text)}")
+        if parsed.scheme not in ("amqp", "amqps") or not hostname or not text.isprintable():
+            raise PeerAddressError(f"not an amqp:// URL: {_shown(text)!r}")
         tls = settings.tls_config if parsed.scheme == "amqps" else None
         if tls is not None:
             default_port = settings.rabbit_port if settings.rabbit_tls else DEFAULT_TLS_PORT
@@ -424,7 +424,7 @@ def parse_peer(entry: str, settings: Settings) -> BrokerAddress:
     elif text.count(":") == 1:
         host, _, raw_port = text.partition(":")
         port = _port(raw_port, text)
-    if not host or any(c.isspace() for c in host) or "/" in host:
+    if not host or any(c.isspace() for c in host) or "/" in host or not host.isprintable():
         raise PeerAddressError(f"not a host, host:port or amqp:// URL: {text!r}")
     return BrokerAddress(host, port, settings.rabbit_vhost, settings.rabbit_user,
                          settings.rabbit_password,
