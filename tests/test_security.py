@@ -26,6 +26,7 @@ import pika
 import pytest
 from cryptography.fernet import Fernet, MultiFernet
 from miros import Event, signals
+from tls_certs import Certificates, make_certificates
 
 from miros_rabbitmq.config import (
     ConfigurationError,
@@ -52,7 +53,6 @@ from miros_rabbitmq.transport import (
     parse_peer,
 )
 from miros_rabbitmq.wire import challenge as protocol
-from tests.tls_certs import Certificates, make_certificates
 
 ROOT = Path(__file__).resolve().parent.parent
 SCOUT_USER = "miros_scout_sec"
