@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -785,3 +786,33 @@ def test_doctor_checks_the_scout_account(tls_node, tmp_path) -> None:
     bad = _cli(tmp_path, "doctor")
     assert bad.returncode != 0 and "rabbitmqctl add_user nobody_here" in bad.stdout
     assert "wrong-pw" not in bad.stdout + bad.stderr
+
+
+def test_snoop_command_escapes_what_charts_send(mesh_env, tmp_path) -> None:
+    """End to end: a chart of the mesh sends trace lines whose name and text
+    carry OSC (title, clipboard) and CSI (clear screen) sequences; the watcher's
+    `miros-rabbitmq snoop` prints them escaped."""
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    env["PYTHONPATH"] = str(ROOT)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "miros_rabbitmq", "snoop", "--trace", "--duration", "8"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    nets = None
+    try:
+        assert watcher.stderr is not None
+        assert "snooping on" in watcher.stderr.readline()
+        nets = start_nets(load_settings(), "evil")
+        name = "evil\x1b]0;pwned\x07\x1b]52;c;cm0gLXJmIH4=\x07"
+        text = f"[2026-11-30 01:00:00.000000] [{name}] e->go()\x1b[2J a->b"
+        nets.transmit("snoop", [["trace", name, text]], network="snoop_trace")
+        out, err = watcher.communicate(timeout=30)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.communicate()
+        if nets is not None:
+            nets.stop()
+    assert "pwned" in out, out + err
+    assert "\\x1b]0;pwned\\x07" in out
+    without_colours = re.sub(r"\x1b\[[0-9;]*m", "", out)
+    assert "\x1b" not in without_colours and "\x07" not in without_colours
