@@ -118,11 +118,14 @@ def read_env_file(path: str | os.PathLike[str]) -> dict[str, str | None]:
     """The values of a ``.env`` file, literally (no ``${VAR}`` expansion).
 
     Opened without blocking and checked again after opening (the file may
-    have been swapped for a FIFO since it was found); raises
-    ConfigurationError for anything that is not a readable regular file.
+    have been swapped for a FIFO since it was found). A missing file has no
+    values; anything else that is not a readable regular file raises
+    ConfigurationError.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return {}  # as python-dotenv: no file, no values
     except OSError as error:
         raise ConfigurationError(f"cannot read {path}: {error.strerror}") from None
     with os.fdopen(fd, "rb") as handle:
