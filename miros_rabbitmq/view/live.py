@@ -9,7 +9,7 @@ from typing import Any
 from miros_rabbitmq.config import Settings
 from miros_rabbitmq.errors import Error
 from miros_rabbitmq.mesh import snoop as snooping
-from miros_rabbitmq.transport import BrokerAddress
+from miros_rabbitmq.transport import local_broker
 
 __all__ = ["listen", "ListenError"]
 
@@ -27,8 +27,7 @@ def listen(settings: Settings, tap: Callable[[str, Any], None], *,
     Returns once all consume; raises :class:`ListenError` (listeners stopped)
     when the broker does not answer within ``timeout`` or refuses us.
     """
-    address = BrokerAddress(settings.rabbit_host, settings.rabbit_port, settings.rabbit_vhost,
-                            settings.rabbit_user, settings.rabbit_password)
+    address = local_broker(settings)  # TLS and all, as the charts reach it
     listeners = [snooping.SnoopListener(
         address, network,
         settings.snoop_trace_keys if network == snooping.TRACE else settings.snoop_spy_keys,
