@@ -234,9 +234,12 @@ def test_a_receiver_paused_for_90_s_gets_its_whole_backlog_once(mesh_env) -> Non
         time.sleep(max(0.0, 90 - (time.monotonic() - paused)))  # the pause itself is the test
         os.kill(receiver.proc.pid, signal.SIGCONT)
         report = receiver.report(120)
+        # with the 60 s TTL: report.stats["dropped"]["mesh.expired"] > 0 (measured: 752,
+        # redeliveries included), received 4
         assert report.received == 500 and report.missing == 0 and report.duplicates == 0, report
     finally:
-        os.kill(receiver.proc.pid, signal.SIGCONT)
+        if receiver.proc.poll() is None:
+            os.kill(receiver.proc.pid, signal.SIGCONT)
         receiver.kill()
         sender.stop()
 
