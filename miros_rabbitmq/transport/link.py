@@ -495,18 +495,25 @@ class BrokerLink:
         channel = self._pub_channel
         if not self._pub_ready or channel is None or not channel.is_open:
             return
-        for _ in range(DRAIN_BATCH):
-            with self._lock:
-                taken = self._outbox.take()
-            if taken is None:
-                return
-            message = taken[1]
-            if message.exchange not in self._exchanges:
-                self._exchanges[message.exchange] = "topic"
-                channel.exchange_declare(message.exchange, exchange_type="topic", durable=True,
-                                         callback=lambda _frame: None)
-            if not self._basic_publish(message):
-                return
+        connection = self._connection
+        connection.begin_batch()  # the batch leaves in one send(2)
+        failed = False
+        try:
+            for _ in range(DRAIN_BATCH):
+                with self._lock:
+                    taken = self._outbox.take()
+                if taken is None:
+                    return
+                message = taken[1]
+                if message.exchange not in self._exchanges:
+                    self._exchanges[message.exchange] = "topic"
+                    channel.exchange_declare(message.exchange, exchange_type="topic",
+                                             durable=True, callback=lambda _frame: None)
+                if not self._basic_publish(message):
+                    failed = True  # everything in flight went back to the queue
+                    return
+        finally:
+            connection.end_batch(discard=failed)
         # more is queued: read the socket (confirms, deliveries) before the next batch
         with self._lock:
             wake = not self._wake_pending
