@@ -292,3 +292,36 @@ def test_what_was_transmitted_before_the_end_arrives(mesh_env, tmp_path, stop) -
         assert report.received == events and report.missing == 0, report
     finally:
         receiver.kill()
+
+
+# ------------------------------------------------------------------ a broker that blocks us
+
+
+@pytest.mark.slow
+def test_a_blocked_broker_makes_transmit_wait_then_go_on(mesh_env, extra_rabbitmq_node) -> None:
+    """connection.blocked (a memory alarm, raised on our own extra node) is respected
+    like a full window: transmit() waits, and goes on once the broker unblocks."""
+    node = extra_rabbitmq_node
+    chart = NetworkedActiveObject(f"blk_{uuid.uuid4().hex[:6]}", tx_routing_key="blk.tx",
+                                  rx_routing_key="blk.none", peers=[], rabbit_port=node.port,
+                                  max_block=30)
+    chart.start_at(idle)
+    link = chart.nets.local_link
+    assert link is not None and link.connected.wait(10)
+    try:
+        node.ctl("set_vm_memory_high_watermark", "0")
+        chart.transmit(Event(signal=signals.mesh_hello, payload="first"))  # the broker blocks now
+        assert wait_for(lambda: link.blocked, timeout=20)
+        results: list[bool] = []
+        worker = threading.Thread(target=lambda: results.append(
+            chart.transmit(Event(signal=signals.mesh_hello, payload="waits"))))
+        worker.start()
+        time.sleep(0.5)  # the condition under test is that nothing happens meanwhile
+        assert results == [] and worker.is_alive()
+        node.ctl("set_vm_memory_high_watermark", "0.4")
+        worker.join(30)
+        assert results == [True]
+        assert not link.blocked and link.stats.waits >= 1
+    finally:
+        node.ctl("set_vm_memory_high_watermark", "0.4")
+        chart.stop()
