@@ -221,6 +221,8 @@ class BrokerLink:
         """
         if on_io_thread():
             return True
+        if not self._blocked and not self._outbox.full():
+            return True  # read without the lock: a stale "room" lets one more message in
         with self._changed:
             if not self._must_wait():
                 return True
