@@ -18,6 +18,7 @@ slower, same behaviour. Nothing else in the package touches pika privates.
 from __future__ import annotations
 
 import logging
+import os
 import select
 import threading
 from collections.abc import Callable
@@ -72,9 +73,14 @@ def _missing_privates() -> list[str]:
 
 
 _missing = _missing_privates()
+#: set to 0 to run on pika's stock path (to rule the glue out when debugging)
+GLUE_VARIABLE = "MIROS_RABBITMQ_PIKA_GLUE"
+_forced_off = os.environ.get(GLUE_VARIABLE, "1").strip() == "0"
 #: False when this pika lacks a private the glue needs: stock pika paths are used
-GLUE_ENABLED = not _missing
-if _missing:
+GLUE_ENABLED = not _missing and not _forced_off
+if _forced_off:
+    logger.info("%s=0: the transport uses pika's stock I/O loop and connection", GLUE_VARIABLE)
+elif _missing:
     logger.warning("pika %s lacks %s: the transport uses pika's stock I/O loop and "
                    "connection (correct, slower); pin pika>=1.3.2,<1.5 for the fast path",
                    getattr(pika, "__version__", "?"), ", ".join(_missing))
