@@ -19,7 +19,6 @@ import pytest
 from miros import Event, return_status, signals, spy_on
 
 from miros_rabbitmq import NetworkedActiveObject
-from miros_rabbitmq.mesh import networked
 from miros_rabbitmq.testing import wait_for
 from miros_rabbitmq.transport import BrokerAddress, BrokerLink, Consumer, parse_peer
 
@@ -210,14 +209,8 @@ def test_an_on_overflow_callback_that_transmits_does_not_deadlock(mesh_env) -> N
 # ------------------------------------------------------------------ a paused receiver
 
 
-TTL_STILL_DEFAULT = getattr(networked, "DEFAULT_TTL", None) is not None
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(TTL_STILL_DEFAULT, strict=True,
-                   reason="needs the wire's replay protection without expiry (#12): with "
-                          "the 60 s default TTL, events held back 90 s are dropped as expired")
 def test_a_receiver_paused_for_90_s_gets_its_whole_backlog_once(mesh_env) -> None:
     rx = f"pause.{uuid.uuid4().hex[:6]}"
     receiver = Receiver(rx, 500, port=local_port(), slow=0.0)
@@ -234,8 +227,7 @@ def test_a_receiver_paused_for_90_s_gets_its_whole_backlog_once(mesh_env) -> Non
         time.sleep(max(0.0, 90 - (time.monotonic() - paused)))  # the pause itself is the test
         os.kill(receiver.proc.pid, signal.SIGCONT)
         report = receiver.report(120)
-        # with the 60 s TTL: report.stats["dropped"]["mesh.expired"] > 0 (measured: 752,
-        # redeliveries included), received 4
+        # (with the old 60 s TTL: 4 received, the rest dropped as expired)
         assert report.received == 500 and report.missing == 0 and report.duplicates == 0, report
     finally:
         if receiver.proc.poll() is None:

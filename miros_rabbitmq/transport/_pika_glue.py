@@ -34,6 +34,8 @@ from pika.adapters.utils.connection_workflow import (
 )
 from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
 
+from miros_rabbitmq.wire.names import CONTENT_TYPE
+
 __all__ = [
     "GLUE_ENABLED",
     "GlueConnection",
@@ -51,8 +53,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-CONTENT_TYPE = "application/x-miros-rabbitmq"
 
 # the pika privates the glue uses, by owner
 _PRIVATES: dict[Any, tuple[str, ...]] = {

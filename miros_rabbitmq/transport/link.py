@@ -53,6 +53,7 @@ from miros_rabbitmq.transport.outbox import (
     Outbox,
     Outcome,
 )
+from miros_rabbitmq.wire.names import DEFAULT_HEARTBEAT
 
 __all__ = ["BrokerLink", "LinkStats", "RECONNECT_MIN_DELAY", "RECONNECT_MAX_DELAY"]
 
@@ -91,7 +92,7 @@ class BrokerLink:
         self,
         address: BrokerAddress,
         *,
-        heartbeat: int = 30,
+        heartbeat: int = DEFAULT_HEARTBEAT,
         max_buffer: int | None = None,
         max_buffer_bytes: int = DEFAULT_MAX_BYTES,
         overflow_policy: str = DROP_NEW,
