@@ -334,6 +334,8 @@ def test_a_resent_event_behind_newer_ones_is_delivered_once(mesh_env) -> None:
                      rx_routing_key="g", deliver=lambda e: delivered.append(e.seq) or True)
     codec = nets.networks["mesh"].codec
     for seq in (1, 2, 4, 5, 3, 3, 5, 1):  # 3 was nacked and comes again, late
-        nets._on_mesh_message(codec.encode(Envelope("mesh_hello", seq, "peer.a", seq)))
+        token = codec.encode(Envelope("mesh_hello", seq, "peer.a", seq, epoch=7,
+                                      routing_key="g"))
+        nets._on_mesh_message(token, "g")
     assert delivered == [1, 2, 4, 5, 3]
     assert nets.stats()["duplicates"] == 3
