@@ -164,7 +164,7 @@ class _SharedPoller(PollPoller):
         self.POLL_TIMEOUT_MULT = 1 if self._use_epoll else 1000
         super().__init__(get_wait_seconds, process_timeouts)
 
-    def _create_poller(self) -> Any:  # type: ignore[override]
+    def _create_poller(self) -> Any:
         poll_object = select.epoll() if self._use_epoll else select.poll()
         return _LockReleasingWait(poll_object, self._loop_lock)
 
@@ -268,7 +268,7 @@ class SharedLoop(IOLoop):
                 _switch_off(f"its I/O loop lacks {', '.join(missing)}")
                 self.joinable = False
 
-    def _get_poller(self, get_wait_seconds: Callable[[], float | None],  # type: ignore[override]
+    def _get_poller(self, get_wait_seconds: Callable[[], float | None],
                     process_timeouts: Callable[[], None]) -> Any:
         if not GLUE_ENABLED:
             return super()._get_poller(get_wait_seconds, process_timeouts)
@@ -366,14 +366,14 @@ class GlueConnection(pika.SelectConnection):
         transport = self._transport
         try:
             if (type(transport).__name__ != "_AsyncPlaintextTransport"
-                    or transport._state != transport._STATE_ACTIVE):  # type: ignore[union-attr]
+                    or transport._state != transport._STATE_ACTIVE):
                 return 0
-            sock = transport._sock  # type: ignore[union-attr]
+            sock = transport._sock
         except AttributeError:
             type(self)._direct_writes = False
             _switch_off("its plain-TCP transport changed (no _state/_sock)")
             return 0
-        if transport.get_write_buffer_size():  # type: ignore[union-attr]
+        if transport.get_write_buffer_size():
             return 0  # earlier data still queued: keep the order
         try:
             return sock.send(data)

@@ -127,7 +127,7 @@ def local_addresses() -> frozenset[str]:
 
 def _canonical_ip(host: str) -> str:
     try:
-        ip = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
+        ip = str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0])
     except (OSError, UnicodeError):
         return host.lower()
     try:
