@@ -326,6 +326,10 @@ class GlueConnection(pika.SelectConnection):
     buffered_writes = 0
     _batch: list[bytes] | None = None
 
+    def use_stock_writes(self) -> None:
+        """This connection writes through pika's own path (TLS: pika writes the records)."""
+        self._direct_writes = False
+
     def begin_batch(self) -> None:
         """Loop's thread: collect what is written until :meth:`end_batch`, then one send(2).
 

@@ -76,6 +76,8 @@ class Consumer:
         self._tag: str | None = None
         self._ack_upto = 0  # highest delivery tag taken but not yet acked
         self._ack_timer: Any = None
+        #: its channel closed by the broker, in a row (the link backs off by it)
+        self.channel_failures = 0
 
     def __repr__(self) -> str:
         return f"Consumer(queue={self.queue!r}, exchange={self.exchange!r}, keys={self.routing_keys!r})"
@@ -124,7 +126,11 @@ class Consumer:
 
         def on_qos(_frame: Any) -> None:
             self._tag = channel.basic_consume(self.queue, self.handle_delivery, auto_ack=False,
-                                              callback=lambda _frame: self.ready.set())
+                                              callback=on_consuming)
+
+        def on_consuming(_frame: Any) -> None:
+            self.channel_failures = 0
+            self.ready.set()
 
         channel.exchange_declare(self.exchange, exchange_type=self.exchange_type, durable=True,
                                  callback=on_exchange)

@@ -43,7 +43,7 @@ from miros_rabbitmq.transport._pika_glue import (
     mark_io_thread,
     on_io_thread,
 )
-from miros_rabbitmq.transport.address import BrokerAddress
+from miros_rabbitmq.transport.address import BrokerAddress, ssl_options
 from miros_rabbitmq.transport.consumer import Consumer
 from miros_rabbitmq.transport.outbox import (
     DEFAULT_MAX_BYTES,
@@ -123,6 +123,7 @@ class BrokerLink:
         self._connection: Any = None
         self._pub_channel: Any = None
         self._pub_ready = False
+        self._pub_failures = 0  # publishing channels lost in a row (backoff)
         self._attempt = 0
         self._reconnect_timer: Any = None
         self._state_listeners: list[Callable[[BrokerLink, bool], None]] = []
@@ -353,6 +354,7 @@ class BrokerLink:
             port=self.address.port,
             virtual_host=self.address.vhost,
             credentials=pika.PlainCredentials(self.address.user, self.address.password.reveal()),
+            ssl_options=ssl_options(self.address),
             heartbeat=self.heartbeat,
             connection_attempts=1,
             socket_timeout=5,
@@ -374,6 +376,8 @@ class BrokerLink:
                 on_close_callback=self._on_closed,
                 custom_ioloop=self._ioloop,
             )
+            if self.address.tls is not None:
+                self._connection.use_stock_writes()  # TLS: pika writes the records
             self._connection.add_on_connection_blocked_callback(self._on_blocked)
             self._connection.add_on_connection_unblocked_callback(self._on_unblocked)
         except Exception as error:
@@ -467,6 +471,7 @@ class BrokerLink:
         next_one()
 
     def _on_publish_ready(self) -> None:
+        self._pub_failures = 0
         with self._lock:
             self._outbox.restart_tags()
         self._pub_ready = True
@@ -482,15 +487,29 @@ class BrokerLink:
                 logger.exception("link state listener failed")
 
     def _on_channel_closed(self, channel: Any, reason: BaseException) -> None:
+        """The publishing channel closed (a channel-level error, e.g. an exchange
+        declared elsewhere with another type): open another one, with backoff.
+        The connection stays: every other chart's channel on it goes on."""
         if self._closing or self._connection is None or not self._connection.is_open:
             return
-        # a channel-level error (e.g. an exchange declared elsewhere with another
-        # type): drop the connection and start clean, with backoff
-        logger.warning("channel to %s closed: %s", self.address, describe_error(reason))
-        try:
-            self._connection.close()
-        except Exception:
-            pass
+        if channel is not self._pub_channel:
+            return
+        self._pub_ready = False
+        self._pub_channel = None
+        with self._changed:
+            self._outbox.requeue_in_flight()
+            self._changed.notify_all()
+        delay = _channel_backoff(self._pub_failures)
+        self._pub_failures += 1
+        logger.warning("publishing channel to %s closed: %s (another in %.1f s)",
+                       self.address, describe_error(reason), delay)
+        self._ioloop.call_later(delay, self._reopen_pub_channel)
+
+    def _reopen_pub_channel(self) -> None:
+        connection = self._connection
+        if self._closing or connection is None or not connection.is_open or self._pub_channel:
+            return
+        connection.channel(on_open_callback=self._on_pub_channel)
 
     def _drain_outbox(self) -> None:
         with self._lock:
@@ -579,8 +598,22 @@ class BrokerLink:
                                     reason: BaseException) -> None:
         if consumer.channel is channel:
             consumer.detach()
-        if consumer in self._consumers:  # not a removal: start clean, with backoff
-            self._on_channel_closed(channel, reason)
+        connection = self._connection
+        if (consumer not in self._consumers or self._closing or connection is None
+                or not connection.is_open):
+            return  # a removal, or the connection went (it reopens every channel)
+        # a channel-level error on this consumer's channel (e.g. its queue declared
+        # elsewhere with other arguments): only this channel is retried, with backoff
+        delay = _channel_backoff(consumer.channel_failures)
+        consumer.channel_failures += 1
+        logger.warning("channel of %s on %s closed: %s (another in %.1f s)", consumer.queue,
+                       self.address, describe_error(reason), delay)
+
+        def reopen() -> None:
+            if consumer in self._consumers and consumer.channel is None:
+                self._open_consumer_channel(consumer)
+
+        self._ioloop.call_later(delay, reopen)
 
     def _remove_consumer(self, consumer: Consumer, delete_queue: bool, done: threading.Event) -> None:
         if consumer in self._consumers:
@@ -609,3 +642,7 @@ class BrokerLink:
                            "messages (%s); %d dropped so far", self.address, box.pending,
                            box.pending_bytes, "new" if box.policy == DROP_NEW else "the oldest",
                            box.policy, box.dropped_full + box.dropped_oldest)
+
+
+def _channel_backoff(failures: int) -> float:
+    return min(RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY * (2 ** min(failures, 10)))

@@ -34,7 +34,7 @@ from miros_rabbitmq.transport._pika_glue import (
     is_auth_error,
     mark_io_thread,
 )
-from miros_rabbitmq.transport.address import BrokerAddress
+from miros_rabbitmq.transport.address import BrokerAddress, ssl_options
 from miros_rabbitmq.transport.consumer import Consumer
 from miros_rabbitmq.wire.names import DIRECT_REPLY_TO, ProbeOutcome
 
@@ -75,6 +75,7 @@ class Responder(Consumer):
                          queue=queue, exchange_type=exchange_type, prefetch=prefetch)
         self.on_request = on_request
         self.answered = 0
+        self.bad_reply_to = 0
 
     # -- I/O thread only
     def handle_delivery(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
@@ -84,6 +85,11 @@ class Responder(Consumer):
             logger.exception("responder of %s raised; request dropped", self.queue)
             answer = None
         reply_to = getattr(properties, "reply_to", None)
+        if answer is not None and not _is_direct_reply_to(reply_to):
+            # only RabbitMQ's direct reply-to: an answer published to a named queue
+            # would let a requester inject it into any queue of this broker
+            self.bad_reply_to += 1
+            answer = None
         if answer is not None and reply_to:
             try:  # a requester that is gone: the broker drops the answer
                 channel.basic_publish(
@@ -100,10 +106,19 @@ def _taken(_body: bytes) -> bool:
     return True
 
 
+def _is_direct_reply_to(reply_to: Any) -> bool:
+    """A name RabbitMQ gave a direct reply-to consumer (``amq.rabbitmq.reply-to.*``)."""
+    return (isinstance(reply_to, str) and reply_to.startswith(DIRECT_REPLY_TO + ".")
+            and len(reply_to) <= 255 and reply_to.isprintable())
+
+
 
 PROBE_CLOSE_GRACE = 2.0  # seconds a finished probe waits for its broker's Close-Ok
 #: a probe's reason when the port took the connection but no answer came in time
 TIMEOUT_AFTER_CONNECT = "timeout (the port answered; no node holding our key did)"
+
+#: what a probe publishes: bytes, or ``body(ip, port)`` made once the connection is up
+ProbeBody = bytes | Callable[[str, int], bytes]
 
 
 @dataclass(frozen=True)
@@ -147,7 +162,7 @@ class Probe:
     """
 
     def __init__(self, prober: Prober, loop: IOLoop, services: Any, address: BrokerAddress, *,
-                 exchange: str, routing_key: str, body: bytes,
+                 exchange: str, routing_key: str, body: ProbeBody,
                  accept: Callable[[bytes], bool], timeout: float,
                  on_done: Callable[[ProbeResult], None] | None) -> None:
         self.address = address
@@ -170,6 +185,7 @@ class Probe:
         self._pending: Any = None  # a resolution or a TCP connect under way
         self._sock: socket.socket | None = None
         self._addresses: list[Any] = []
+        self._target = ""
         self._tcp_error = "refused"
         self._tcp_errno = errno.ECONNREFUSED
 
@@ -251,12 +267,14 @@ class Probe:
             return
         if self.result is not None:
             return
+        self._target = target[0]
         remaining = max(0.001, self._remaining())
         parameters = pika.ConnectionParameters(
             host=target[0],
             port=self.address.port,
             virtual_host=self.address.vhost,
             credentials=pika.PlainCredentials(self.address.user, self.address.password.reveal()),
+            ssl_options=ssl_options(self.address),  # server_hostname: the name we were given
             heartbeat=0,  # the connection lives for one round trip
             connection_attempts=1,
             socket_timeout=remaining,
@@ -301,8 +319,10 @@ class Probe:
         if self.result is not None or self._channel is None or not self._channel.is_open:
             return
         expiration = str(max(1, int(self._remaining() * 1000)))
+        # a body made now can name the address and port this connection reached
+        body = self._body(self._target, self.address.port) if callable(self._body) else self._body
         self._channel.basic_publish(
-            self.exchange, self.routing_key, self._body,
+            self.exchange, self.routing_key, body,
             pika.BasicProperties(delivery_mode=1, content_type=CONTENT_TYPE,
                                  reply_to=DIRECT_REPLY_TO, correlation_id=self._correlation_id,
                                  expiration=expiration),
@@ -438,7 +458,7 @@ class Prober:
         self._thread: threading.Thread | None = None
         self._active = 0
 
-    def probe(self, address: BrokerAddress, *, exchange: str, routing_key: str, body: bytes,
+    def probe(self, address: BrokerAddress, *, exchange: str, routing_key: str, body: ProbeBody,
               accept: Callable[[bytes], bool], timeout: float,
               on_done: Callable[[ProbeResult], None] | None = None) -> Probe:
         if timeout <= 0:
@@ -506,7 +526,7 @@ class Prober:
 PROBER = Prober()
 
 
-def probe(address: BrokerAddress, *, exchange: str, routing_key: str, body: bytes,
+def probe(address: BrokerAddress, *, exchange: str, routing_key: str, body: ProbeBody,
           accept: Callable[[bytes], bool], timeout: float,
           on_done: Callable[[ProbeResult], None] | None = None) -> Probe:
     """Publish ``body`` to ``exchange`` at ``address`` and wait for an accepted answer.
