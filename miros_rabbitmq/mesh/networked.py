@@ -21,11 +21,11 @@ from miros_rabbitmq.discovery.hosts_file import read_hosts
 from miros_rabbitmq.errors import ConfigurationError
 from miros_rabbitmq.mesh import presence, snoop
 from miros_rabbitmq.mesh.causation import CausalDeque, Context, tag
-from miros_rabbitmq.mesh.nets import MirosNets
+from miros_rabbitmq.mesh.nets import DEFAULT_MAX_BLOCK, DEFAULT_STOP_FLUSH, MirosNets
+from miros_rabbitmq.transport import DEFAULT_MAX_BYTES, DROP_NEW
 from miros_rabbitmq.wire.codec import PICKLE, Envelope, Serializer
 from miros_rabbitmq.wire.names import (
     DEFAULT_MAX_AGE_SEC,
-    DEFAULT_MAX_BUFFER,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_RX_ROUTING_KEY,
     HOSTS_FILE,
@@ -88,7 +88,10 @@ class _Networked:
         peers: Iterable[str] | None = None,
         serializer: Serializer = PICKLE,
         ttl: float | None = DEFAULT_TTL,
-        max_buffer: int = DEFAULT_MAX_BUFFER,
+        max_buffer: int | None = None,
+        max_buffer_bytes: int = DEFAULT_MAX_BYTES,
+        overflow_policy: str = DROP_NEW,
+        max_block: float = DEFAULT_MAX_BLOCK,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         on_overflow: Callable[[str, int], None] | None = None,
         rabbit_host: str | None = None,
@@ -127,15 +130,24 @@ class _Networked:
             serializer=serializer,
             ttl=ttl,
             max_buffer=max_buffer,
+            max_buffer_bytes=max_buffer_bytes,
+            overflow_policy=overflow_policy,
+            max_block=max_block,
             max_message_bytes=max_message_bytes,
             on_overflow=on_overflow,
         )
 
     # -- the public API of miros-rabbitmq 0.2
-    def transmit(self, event: Event) -> None:
-        """Send ``event`` to every other chart whose rx key matches our tx key."""
+    def transmit(self, event: Event) -> bool:
+        """Send ``event`` to every other chart whose rx key matches our tx key.
+
+        True when every peer link accepted it. While a peer is connected this
+        waits for room (flow control, up to ``max_block`` seconds) rather than
+        drop; a peer that is down buffers (bounded) and never makes it wait.
+        """
         queue: Any = chart_queue(self)  # a CausalDeque
-        self.nets.transmit(event.signal_name, event.payload, causation=queue.causes.causation())
+        return self.nets.transmit(event.signal_name, event.payload,
+                                  causation=queue.causes.causation())
 
     def this_url(self) -> str:
         """AMQP URL of this node's broker (password masked)."""
@@ -166,7 +178,13 @@ class _Networked:
         presence.announce(self)  # "start", then a presence line every few seconds
 
     def stop(self) -> None:
-        """Stop the networks (flushing what is buffered, bounded), then the chart."""
+        """Flush what was transmitted (bounded, reported), stop the chart, then the networks.
+
+        Order: snoop and discovery first; then the outgoing flush (a peer
+        that is up gets everything transmitted before stop()); then the
+        consumers are cancelled and the chart's thread ends; only then are
+        the chart's queues deleted and the links released.
+        """
         snoop.detach(self)  # publish the snoop lines still queued, stop printing
         presence.retire(self)  # "stop"
         if self._discovery is not None:
@@ -174,9 +192,11 @@ class _Networked:
 
             Discovery.detach(self)
             self._discovery = None
-        self.nets.stop()
+        self.nets.flush(DEFAULT_STOP_FLUSH)
+        self.nets.stop_consuming()
         if getattr(self, "thread", None) is not None:
             super().stop()  # type: ignore[misc]
+        self.nets.stop(flush_timeout=0)
 
     # -- snoop trace / snoop spy (see miros_rabbitmq.mesh.snoop)
     def enable_snoop_trace(self) -> None:
@@ -234,10 +254,18 @@ _NETWORK_DOC = """
         stamped that far in the future (default 6 h; None: any age). Replays
         to a running receiver are refused at any age (sender epoch + sequence
         numbers); this limit covers a receiver that restarted.
-    max_buffer: messages kept per peer until its broker confirms them
-        (default 10 000); beyond it new messages are dropped and reported.
+    max_buffer_bytes: bytes kept per peer until its broker confirms them
+        (default 64 MiB): what a peer that is down buffers; beyond it the
+        ``overflow_policy`` (``"drop_new"``, default, or ``"drop_oldest"``)
+        drops, counts and reports.
+    max_buffer: optional bound in messages as well (default None).
+    max_block: seconds ``transmit()`` may wait for room on a connected peer
+        whose window is full or whose broker blocked us (default 60); past
+        it the event is dropped for that peer, counted and reported.
     max_message_bytes: larger incoming messages are dropped (default 16 MiB).
-    on_overflow: ``callback(peer_url, dropped_so_far)`` when a peer's buffer is full.
+    on_overflow: ``callback(peer_url, dropped_so_far)`` when a peer refused an
+        event (buffer full, or max_block passed); runs on the transmitting
+        thread outside every lock, so it may transmit.
     rabbit_host, rabbit_port: the local broker (default RABBIT_HOST or
         127.0.0.1, RABBIT_PORT or 5672).
     lan_discovery: find peers on the LAN (default: MIROS_RABBITMQ_LAN_DISCOVERY, on).

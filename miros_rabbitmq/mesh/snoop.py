@@ -564,7 +564,7 @@ class _Pump(_SharedWorker):
                                                  network=network)
                 except Exception:  # instrumentation must never break anything
                     logger.exception("%s: could not publish snoop records", source.name)
-                    taken = 0
+                    taken = False
                 if taken:
                     source.published[network] += len(chunk)
                 else:
