@@ -2,11 +2,14 @@
 # Debian tools the library and its tests use beyond Python:
 #   ping (iputils-ping)  LanRecceChart's broadcast ping, the virtual-LAN tests
 #   ip   (iproute2)      network namespaces of the virtual-LAN tests
+#   chromium, chromedriver (chromium, chromium-driver)  the browser test of
+#                        `miros-rabbitmq view` (headless, driven by Selenium)
 # Fast path when all are there. Installs only as root (or with sudo); otherwise
 # warns and goes on (the tests that need a missing tool skip, saying why).
 set -euo pipefail
 
-declare -A want=([ping]=iputils-ping [ip]=iproute2)
+declare -A want=([ping]=iputils-ping [ip]=iproute2 [chromium]=chromium
+                 [chromedriver]=chromium-driver)
 missing=()
 for tool in "${!want[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/usr/bin/$tool" ] \

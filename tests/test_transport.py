@@ -138,3 +138,48 @@ def test_publish_from_the_io_thread_is_queued_not_deadlocked(link) -> None:
     assert inbox.bodies == [b"echo:%d" % seq for seq in range(50)]
     link.remove_consumer(source)
     link.remove_consumer(echoes)
+
+
+GLUE_OFF_SCRIPT = """
+import sys, threading, uuid
+from miros_rabbitmq.config import load_settings
+from miros_rabbitmq.transport import BrokerLink, Consumer, parse_peer
+from miros_rabbitmq.transport import _pika_glue
+
+assert not _pika_glue.GLUE_ENABLED
+link = BrokerLink(parse_peer(sys.argv[1], load_settings()))
+assert link.connected.wait(10), link.last_error
+got, done = [], threading.Event()
+def take(body):
+    got.append(body)
+    if len(got) == 2000:
+        done.set()
+    return True
+exchange = "test.transport.glue." + uuid.uuid4().hex[:6]
+consumer = Consumer(exchange=exchange, routing_keys=["g"], on_message=take,
+                    queue="test.transport.glue." + uuid.uuid4().hex[:8])
+link.declare_exchange(exchange)
+link.add_consumer(consumer)
+assert consumer.ready.wait(10)
+for n in range(2000):
+    assert link.wait_for_room(30) and link.publish(exchange, "g", b"%d" % n)
+assert done.wait(30), len(got)
+assert got == [b"%d" % n for n in range(2000)]
+assert link.stats.direct == 0
+link.remove_consumer(consumer)
+link.close(flush_timeout=5)
+print("STOCK PATH OK", flush=True)
+"""
+
+
+def test_the_stock_pika_path_works_when_the_glue_is_off(rabbitmq_url, mesh_env, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "glue_off.py"
+    script.write_text(GLUE_OFF_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), rabbitmq_url], capture_output=True,
+                          text=True, timeout=90,
+                          env={**os.environ, "MIROS_RABBITMQ_PIKA_GLUE": "0"})
+    assert "STOCK PATH OK" in done.stdout, done.stderr[-3000:]

@@ -32,15 +32,15 @@ from rich.table import Table
 from rich.text import Text
 
 from miros_rabbitmq import __version__
-from miros_rabbitmq.config import Secret, Settings, load_settings
+from miros_rabbitmq.config import Secret, Settings, find_env_file, load_settings, mask_url
 from miros_rabbitmq.errors import ConfigurationError, EnvContractBroken, Error
+from miros_rabbitmq.terminal import printable
+from miros_rabbitmq.wire.names import DEFAULT_HEARTBEAT, HOSTS_FILE, LAN_CACHE_FILE
 
 __all__ = ["cli", "main", "CliError", "probe_broker", "BrokerProbe"]
 
 logger = logging.getLogger(__name__)
 
-HOSTS_FILE = ".miros_rabbitmq_hosts.json"
-LAN_CACHE_FILE = ".miros_rabbitmq_lan_cache.json"
 EXIT_PROBLEM = 1
 EXIT_UNUSABLE = 2
 
@@ -78,9 +78,7 @@ def _find_env_file(env_file: str | None) -> str | None:
     """The .env that load_settings would read (None when there is none)."""
     if env_file:
         return env_file if os.path.exists(env_file) else None
-    from dotenv import find_dotenv
-
-    return find_dotenv(usecwd=True) or None
+    return find_env_file()
 
 
 def _load(ctx: Context, **overrides: Any) -> Settings:
@@ -94,12 +92,14 @@ def _load(ctx: Context, **overrides: Any) -> Settings:
         fail(f"{error}{hint}", EXIT_UNUSABLE)
 
 
-def _check_keys(settings: Settings) -> None:
+def _check_keys(settings: Settings, *, mesh: bool = True) -> None:
     from miros_rabbitmq.wire.codec import Codec
 
     for variable, keys in (("MESH_ENCRYPTION_KEY", settings.mesh_keys),
                            ("SNOOP_TRACE_ENCRYPTION_KEY", settings.snoop_trace_keys),
                            ("SNOOP_SPY_ENCRYPTION_KEY", settings.snoop_spy_keys)):
+        if variable == "MESH_ENCRYPTION_KEY" and not mesh:
+            continue
         try:
             Codec(keys)
         except ConfigurationError as error:
@@ -117,10 +117,28 @@ class BrokerProbe:
     reachable: bool
     reason: str
     elapsed: float
+    auth_refused: bool = False
+
+
+def _scout_check(settings: Settings) -> Any:
+    """The scout account (docs/security.md): present, and able to log in here?"""
+    if not settings.scout_user or settings.scout_password is None:
+        how = "TLS" if settings.rabbit_tls else "RABBIT_USER's login in plain AMQP"
+        return Check("scout account", "ok", f"none: scouts log in with {how} (set SCOUT_USER/"
+                      "SCOUT_PASSWORD to keep RABBIT_PASSWORD from strangers; docs/security.md)")
+    probe = probe_broker(settings.rabbit_host, settings.rabbit_port, settings.scout_user,
+                         settings.scout_password, vhost=settings.rabbit_vhost,
+                         tls=settings.tls_config if settings.rabbit_tls else None)
+    if probe.ok:
+        return Check("scout account", "ok", f"SCOUT_USER={settings.scout_user} logs in")
+    return Check("scout account", "fail", f"SCOUT_USER={settings.scout_user}: {probe.reason}",
+                 f"rabbitmqctl add_user {settings.scout_user} '<SCOUT_PASSWORD>' && rabbitmqctl "
+                 f"set_permissions -p / {settings.scout_user} '^$' "
+                 "'^miros\\.scout\\.exchange$' '^$'")
 
 
 def probe_broker(host: str, port: int, user: str, password: Secret, *, vhost: str = "/",
-                 timeout: float = 5.0) -> BrokerProbe:
+                 timeout: float = 5.0, tls: Any = None) -> BrokerProbe:
     """Can we reach the broker, and does it accept the credentials?
 
     A plain TCP connect first (a quick, clear answer for a closed port), then
@@ -136,7 +154,8 @@ def probe_broker(host: str, port: int, user: str, password: Secret, *, vhost: st
         reason = error.strerror or type(error).__name__
         return BrokerProbe(False, False, f"cannot connect to {host}:{port} ({reason})",
                            time.monotonic() - started)
-    link = BrokerLink(BrokerAddress(host, port, vhost, user, password), heartbeat=30,
+    link = BrokerLink(BrokerAddress(host, port, vhost, user, password, tls),
+                      heartbeat=DEFAULT_HEARTBEAT,
                       max_buffer=16)
     try:
         deadline = started + timeout
@@ -147,7 +166,8 @@ def probe_broker(host: str, port: int, user: str, password: Secret, *, vhost: st
             return BrokerProbe(True, True, f"{link.address.url} accepts user {user!r}",
                                time.monotonic() - started)
         reason = link.last_error or f"no AMQP answer within {timeout:.0f} s"
-        return BrokerProbe(False, True, reason, time.monotonic() - started)
+        return BrokerProbe(False, True, reason, time.monotonic() - started,
+                           auth_refused=link.auth_failed.is_set())
     finally:
         link.close(flush_timeout=0, timeout=3.0)
 
@@ -194,7 +214,38 @@ CONNECTION_ATTEMPTS=3
 MESH_ENCRYPTION_KEY={mesh}
 SNOOP_TRACE_ENCRYPTION_KEY={trace}
 SNOOP_SPY_ENCRYPTION_KEY={spy}
+{scout}"""
+
+SCOUT_TEMPLATE = """\
+# The scout account: scouts log in with it until a node proves our mesh key, so
+# RABBIT_PASSWORD never goes to a stranger. Create it on every broker of the mesh:
+#   rabbitmqctl add_user {user} '<SCOUT_PASSWORD below>'
+#   rabbitmqctl set_permissions -p / {user} '^$' '^miros\\.scout\\.exchange$' '^$'
+SCOUT_USER={quser}
+SCOUT_PASSWORD={password}
 """
+
+
+def env_quote(value: str) -> str:
+    """``value`` single-quoted for a .env (python-dotenv reads it back literally)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _read_password(password: str | None, password_stdin: bool) -> str:
+    """The password from stdin, a hidden prompt, or (discouraged) the command line."""
+    if password_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            fail("--password-stdin: nothing on stdin", EXIT_UNUSABLE)
+        return line.rstrip("\r\n")
+    if password is not None:
+        click.echo("warning: --password is visible to other users (process list) and stays "
+                   "in your shell history; prefer the prompt or --password-stdin", err=True)
+        return password
+    if sys.stdin.isatty():
+        return str(click.prompt("RABBIT_PASSWORD", default="guest", hide_input=True,
+                                confirmation_prompt=True, show_default=False, err=True))
+    return "guest"
 
 
 def write_private_file(path: str, text: str) -> None:
@@ -221,33 +272,51 @@ def write_private_file(path: str, text: str) -> None:
               type=click.Path(dir_okay=False), help="Where to write the file.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 @click.option("--user", default="guest", show_default=True, help="RABBIT_USER.")
-@click.option("--password", default="guest", show_default=True,
-              help="RABBIT_PASSWORD (never printed).")
+@click.option("--password", default=None,
+              help="RABBIT_PASSWORD (discouraged: visible in the process list and shell "
+                   "history; without it you are asked, hidden; default guest).")
+@click.option("--password-stdin", is_flag=True,
+              help="Read RABBIT_PASSWORD from the first line of stdin.")
+@click.option("--scout-account", "scout_user", default=None, metavar="USER",
+              help="Also write SCOUT_USER=USER and a fresh SCOUT_PASSWORD (see docs/security.md).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="RABBIT_HOST.")
 @click.option("--port", default=5672, show_default=True, type=click.IntRange(1, 65535),
               help="RABBIT_PORT.")
 @click.pass_obj
-def init(ctx: Context, path: str, force: bool, user: str, password: str, host: str,
-         port: int) -> None:
+def init(ctx: Context, path: str, force: bool, user: str, password: str | None,
+         password_stdin: bool, scout_user: str | None, host: str, port: int) -> None:
     """Write a .env with fresh keys and the local broker's settings (mode 0600)."""
+    import secrets
+
     from cryptography.fernet import Fernet
 
     if os.path.exists(path) and not force:
         fail(f"{path} already exists; use --force to overwrite it")
     if os.path.isdir(path):
         fail(f"{path} is a folder")
-    if any(c in value for value in (user, password, host) for c in "\n\r"):
+    password = _read_password(password, password_stdin)
+    if any(c in value for value in (user, password, host, scout_user or "") for c in "\n\r"):
         fail("--user, --password and --host must be one line each", EXIT_UNUSABLE)
+    scout = ""
+    if scout_user:
+        if not all(c.isalnum() or c in "._-" for c in scout_user):
+            fail("--scout-account: letters, digits, '.', '_' and '-' only", EXIT_UNUSABLE)
+        scout = SCOUT_TEMPLATE.format(user=scout_user, quser=env_quote(scout_user),
+                                      password=env_quote(secrets.token_urlsafe(24)))
     text = ENV_TEMPLATE.format(
-        when=time.strftime("%Y-%m-%d %H:%M:%S"), user=user, password=password, host=host,
+        when=time.strftime("%Y-%m-%d %H:%M:%S"), user=env_quote(user),
+        password=env_quote(password), host=env_quote(host),
         port=port, mesh=Fernet.generate_key().decode(), trace=Fernet.generate_key().decode(),
-        spy=Fernet.generate_key().decode())
+        spy=Fernet.generate_key().decode(), scout=scout)
     try:
         write_private_file(path, text)
     except OSError as error:
         fail(f"cannot write {path}: {error.strerror or error}")
     click.echo(f"wrote {os.path.abspath(path)} (mode 0600, fresh keys; copy it to every "
                "machine of your mesh)")
+    if scout_user:
+        click.echo(f"create the scout account {scout_user} on every broker of the mesh: see "
+                   f"the commands in {path} (docs/security.md)")
 
 
 # --------------------------------------------------------------------------- demo
@@ -323,15 +392,24 @@ class Check:
     fix: str = ""
 
 
+def _is_fernet_key(key: Secret) -> bool:
+    from miros_rabbitmq.wire.codec import Codec
+
+    try:
+        Codec([key])
+    except ConfigurationError:
+        return False
+    return True
+
+
 def _mask_keys(keys: tuple[Secret, ...]) -> str:
     count = len(keys)
     return f"{count} key{'s' if count != 1 else ''} (******)"
 
 
 def _doctor_checks(env_file: str | None) -> list[Check]:
-    from miros_rabbitmq.mesh.networked import read_hosts_file
+    from miros_rabbitmq.discovery.hosts_file import read_hosts
     from miros_rabbitmq.transport import parse_peer
-    from miros_rabbitmq.wire.codec import Codec
 
     checks: list[Check] = []
     in_env = [name for name in ("RABBIT_USER", "RABBIT_PASSWORD", "MESH_ENCRYPTION_KEY")
@@ -359,7 +437,7 @@ def _doctor_checks(env_file: str | None) -> list[Check]:
     try:
         settings = load_settings(dotenv_path=path if path else "")
     except EnvContractBroken as error:
-        checks.append(Check("settings", "fail", str(error).split(": put")[0],
+        checks.append(Check("settings", "fail", f"{error.variable} is not set",
                             f"add {error.variable}=... to {path or '.env'}"
                             + (" (make a key with `miros-rabbitmq keygen`)"
                                if error.variable.endswith("KEY") else "")))
@@ -372,10 +450,10 @@ def _doctor_checks(env_file: str | None) -> list[Check]:
         for variable, keys in (("MESH_ENCRYPTION_KEY", settings.mesh_keys),
                                ("SNOOP_TRACE_ENCRYPTION_KEY", settings.snoop_trace_keys),
                                ("SNOOP_SPY_ENCRYPTION_KEY", settings.snoop_spy_keys)):
-            try:
-                Codec(keys)
-            except ConfigurationError as error:
-                checks.append(Check("keys", "fail", f"{variable}: {error}".split(" (32")[0],
+            bad_keys = [index for index, key in enumerate(keys, 1) if not _is_fernet_key(key)]
+            if bad_keys or not keys:
+                checks.append(Check("keys", "fail", f"{variable}: encryption key "
+                                    f"#{bad_keys[0] if bad_keys else 1} is not a Fernet key",
                                     f"replace {variable} with the output of "
                                     "`miros-rabbitmq keygen` (on every machine of the mesh)"))
             else:
@@ -383,8 +461,9 @@ def _doctor_checks(env_file: str | None) -> list[Check]:
                 checks.append(Check("keys", "ok", f"{variable}: " + (
                     "defaults to the mesh key" if same else f"{_mask_keys(keys)}, valid Fernet")))
     if settings is not None:
+        tls = settings.tls_config if settings.rabbit_tls else None
         probe = probe_broker(settings.rabbit_host, settings.rabbit_port, settings.rabbit_user,
-                             settings.rabbit_password, vhost=settings.rabbit_vhost)
+                             settings.rabbit_password, vhost=settings.rabbit_vhost, tls=tls)
         where = f"{settings.rabbit_host}:{settings.rabbit_port}"
         if probe.ok:
             checks.append(Check("broker", "ok", f"{probe.reason} ({probe.elapsed * 1000:.0f} ms)"))
@@ -392,7 +471,7 @@ def _doctor_checks(env_file: str | None) -> list[Check]:
             checks.append(Check("broker", "fail", f"broker unreachable: {probe.reason}",
                                 "start RabbitMQ (e.g. `sudo systemctl start rabbitmq-server`) "
                                 f"or set RABBIT_HOST/RABBIT_PORT (now {where})"))
-        elif "credentials" in probe.reason:
+        elif probe.auth_refused:
             checks.append(Check("broker", "fail",
                                 f"wrong credentials: the broker at {where} refused user "
                                 f"{settings.rabbit_user!r} with this password",
@@ -403,13 +482,15 @@ def _doctor_checks(env_file: str | None) -> list[Check]:
         else:
             checks.append(Check("broker", "fail", f"broker at {where}: {probe.reason}",
                                 "is it RabbitMQ (AMQP 0-9-1) on that port?"))
+    if settings is not None:
+        checks.append(_scout_check(settings))
     hosts_path = HOSTS_FILE
     if not os.path.exists(hosts_path):
         checks.append(Check("hosts file", "ok", f"no {hosts_path} (optional: "
                             "`miros-rabbitmq hosts add HOST`)"))
     else:
         try:
-            hosts = read_hosts_file(hosts_path)
+            hosts = read_hosts(hosts_path)
         except ConfigurationError as error:
             checks.append(Check("hosts file", "fail", str(error),
                                 f"fix the JSON, or delete {hosts_path} and use "
@@ -492,12 +573,13 @@ def _hosts_file(path: str) -> Any:
     return LockedJsonFile(path, {"hosts": []}, mode=0o600)
 
 
-def _hosts_of(document: Any, path: str) -> list[str]:
-    hosts = document.get("hosts", []) if isinstance(document, dict) else None
-    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
-        fail(f"{path} is not a hosts file: expected {{\"hosts\": [\"192.168.1.75\", ...]}}; "
-             "fix or delete it")
-    return list(hosts)
+def _read_hosts(path: str) -> list[str]:
+    from miros_rabbitmq.discovery.hosts_file import read_hosts
+
+    try:
+        return read_hosts(path)
+    except ConfigurationError as error:
+        fail(f"{error}; fix or delete it")
 
 
 def _edit_hosts(path: str, timeout: float, change: Callable[[list[str]], list[str]]) -> list[str]:
@@ -505,11 +587,9 @@ def _edit_hosts(path: str, timeout: float, change: Callable[[list[str]], list[st
     store = _hosts_file(path)
     try:
         with store.locked_for(timeout):
-            size = os.path.getsize(path) if os.path.exists(path) else 0
+            current = _read_hosts(path)  # the one parser: the rule discovery uses
             contents = store.read()
-            if contents.repaired and size > 0:
-                fail(f"{path} is not a hosts file (not valid JSON); fix or delete it")
-            hosts = change(_hosts_of(contents.dict, path))
+            hosts = change(current)
             document = dict(contents.dict) if not contents.repaired else {}
             document["hosts"] = hosts
             store.write(document)
@@ -604,19 +684,15 @@ def hosts_list(click_ctx: click.Context) -> None:
     store = _hosts_file(path)
     try:
         with store.locked_for(timeout, shared=True):
-            size = os.path.getsize(path)
-            contents = store.read()
+            entries = _read_hosts(path)  # the one parser: the rule discovery uses
     except TimeoutError:
         fail(f"{path} stays locked by another process (waited {timeout:g} s)")
     except OSError as error:
         fail(f"cannot read {path}: {error.strerror or error}")
     finally:
         store.close()
-    if contents.repaired and size > 0:
-        fail(f"{path} is not a hosts file (not valid JSON); fix or delete it")
-    entries = _hosts_of(contents.dict, path)
-    for entry in entries:
-        click.echo(entry)
+    for entry in entries:  # a shared file: no password shown, no control character obeyed
+        click.echo(printable(mask_url(entry)))
     if not entries:
         click.echo(f"{path}: no hosts", err=True)
 
@@ -634,9 +710,13 @@ def hosts_list(click_ctx: click.Context) -> None:
               help="Stop after this many seconds (default: until Ctrl-C).")
 @click.option("--connect-timeout", default=5.0, show_default=True,
               type=click.FloatRange(0.1, 120), help="Seconds to wait for the broker.")
+@click.option("--record", "record_file", type=click.Path(dir_okay=False), default=None,
+              help="Also write everything seen, with timestamps, to this file "
+              "(replay it with `miros-rabbitmq view --replay FILE`).")
 @click.pass_obj
 def snoop(ctx: Context, want_trace: bool, want_spy: bool, no_color: bool,
-          names: tuple[str, ...], duration: float | None, connect_timeout: float) -> None:
+          names: tuple[str, ...], duration: float | None, connect_timeout: float,
+          record_file: str | None) -> None:
     """Print the live trace/spy of every chart on the mesh (Ctrl-C to stop).
 
     Joins the snoop networks of the local broker without being a chart. With
@@ -646,22 +726,23 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, no_color: bool,
     import threading
 
     from miros_rabbitmq.mesh import snoop as snooping
-    from miros_rabbitmq.transport import BrokerAddress
+    from miros_rabbitmq.transport import local_broker
 
-    settings = _load(ctx)
-    _check_keys(settings)
+    settings = _load(ctx, require_mesh_key=False)  # the snoop keys are enough
+    _check_keys(settings, mesh=False)
     networks = [n for n, wanted in ((snooping.TRACE, want_trace), (snooping.SPY, want_spy))
                 if wanted] or [snooping.TRACE, snooping.SPY]
     color = not no_color and not os.environ.get("NO_COLOR")
-    address = BrokerAddress(settings.rabbit_host, settings.rabbit_port, settings.rabbit_vhost,
-                            settings.rabbit_user, settings.rabbit_password)
+    recorder = _recorder(record_file)
+    address = local_broker(settings)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     listeners = [snooping.SnoopListener(
         address, network,
         settings.snoop_trace_keys if network == snooping.TRACE else settings.snoop_spy_keys,
-        color=color, heartbeat=settings.heartbeat, grep=names) for network in networks]
+        color=color, heartbeat=settings.heartbeat, grep=names,
+        tap=recorder.write if recorder is not None else None) for network in networks]
     try:
         for listener in listeners:
             listener.start(timeout=0)
@@ -673,7 +754,7 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, no_color: bool,
                 if stop.is_set():
                     return
                 refused = link is not None and link.auth_failed.is_set()
-                if time.monotonic() >= deadline or refused or (error and "credentials" in error):
+                if time.monotonic() >= deadline or refused:
                     fail(f"cannot listen at {address.url}: "
                          f"{error or f'no answer within {connect_timeout:g} s'}")
         what = " and ".join(n.replace("snoop_", "") for n in networks)
@@ -687,9 +768,24 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, no_color: bool,
             listener.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if recorder is not None:
+            recorder.close()
+            click.echo(f"recorded {recorder.written} snoop message(s) to {record_file}", err=True)
     drops = sum(sum(listener.drops.counts.values()) for listener in listeners)
     if drops:
         click.echo(f"{drops} snoop message(s) could not be read (wrong key?)", err=True)
+
+
+def _recorder(path: str | None) -> Any:
+    """A :class:`~miros_rabbitmq.view.record.Recorder` for ``snoop --record`` (None: off)."""
+    if path is None:
+        return None
+    from miros_rabbitmq.view.record import Recorder
+
+    try:
+        return Recorder(path)
+    except OSError as error:
+        fail(f"cannot write {path}: {error.strerror or error}")
 
 
 # --------------------------------------------------------------------------- sequence
@@ -725,21 +821,12 @@ def sequence(logfile: Any, svg_out: str | None, mermaid_out: str | None,
             except OSError as error:
                 fail(f"cannot write {out}: {error.strerror or error}")
             click.echo(f"wrote {out}", err=True)
-    if not quiet:
-        click.echo(render_text(trace), nl=False)
+    if not quiet:  # chart names come from the network: escaped, line by line
+        click.echo("\n".join(printable(line) for line in render_text(trace).split("\n")),
+                   nl=False)
 
 
 # --------------------------------------------------------------------------- discover
-
-
-@dataclass
-class PeerAnswer:
-    """One scouted address: what it answered and how long it took."""
-
-    address: str
-    found: bool
-    reason: str
-    elapsed: float
 
 
 @cli.command()
@@ -775,7 +862,8 @@ def discover(ctx: Context, network: str | None, hosts_file: str | None, timeout:
         try:
             reports = discover_once(
                 network=network, hosts_file=hosts_file, timeout=timeout, settings=settings,
-                progress=lambda report: bar.update(task, advance=1, last=report.address))
+                progress=lambda report: bar.update(task, advance=1,
+                                                   last=printable(mask_url(report.address))))
         except ConfigurationError as error:
             fail(str(error), EXIT_UNUSABLE)
     if not reports:
@@ -786,9 +874,11 @@ def discover(ctx: Context, network: str | None, hosts_file: str | None, timeout:
     table.add_column("state")
     table.add_column("answer in", justify="right")
     for report in reports:
+        # a URL's password is never shown; texts from the network are escaped
         state = Text("mesh node (key proven)", style="green") if report.found else Text(
-            f"{report.state}: {report.reason or 'no answer'}", style="dim")
-        table.add_row(report.address, state, f"{report.elapsed * 1000:.0f} ms")
+            printable(f"{report.state}: {report.reason or 'no answer'}"), style="dim")
+        table.add_row(Text(printable(mask_url(report.address))), state,
+                      f"{report.elapsed * 1000:.0f} ms")
     ctx.console.print(table)
 
 
@@ -803,3 +893,13 @@ def main(argv: Iterable[str] | None = None) -> None:
     """Console entry point (``miros-rabbitmq``, ``python -m miros_rabbitmq``)."""
     cli.main(args=list(argv) if argv is not None else None, prog_name="miros-rabbitmq")
 
+
+
+# --------------------------------------------------------------------------- more commands
+
+from miros_rabbitmq.cli.list import list_charts  # noqa: E402
+from miros_rabbitmq.cli.view import view  # noqa: E402
+
+globals().pop("list", None)  # the submodule cli/list.py must not shadow the builtin here
+cli.add_command(list_charts)
+cli.add_command(view)

@@ -171,13 +171,13 @@ def demo_settings(env_file: str | None = None,
     Raises :class:`EnvContractBroken` when a ``.env`` or some variables exist
     but are incomplete (that is a configuration to fix, not to paper over).
     """
-    from dotenv import find_dotenv
+    from miros_rabbitmq.config import find_env_file
 
     env = dict(os.environ if environ is None else environ)
     try:
         settings = load_settings(environ=env, dotenv_path=env_file, lan_discovery=False)
     except EnvContractBroken:
-        dotenv = env_file if env_file else find_dotenv(usecwd=True)
+        dotenv = env_file if env_file else find_env_file()
         if (env_file and os.path.exists(env_file)) or (not env_file and dotenv) or any(
                 env.get(name) for name in ENV_VARIABLES):
             raise
@@ -466,8 +466,7 @@ def _node_main(argv: Sequence[str] | None = None) -> int:
         # a refused login does not heal by waiting: report it at once
         while not consumer.ready.wait(0.05):
             error_text = link.last_error or ""
-            if (stop.is_set() or time.monotonic() >= deadline or link.auth_failed.is_set()
-                    or "credentials" in error_text):
+            if stop.is_set() or time.monotonic() >= deadline or link.auth_failed.is_set():
                 emit(f"{CONTROL}NOTREADY {error_text or 'the local broker did not answer'}")
                 return 1
         chart.start_at(waiting_for_go)

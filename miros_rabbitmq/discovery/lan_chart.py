@@ -43,18 +43,18 @@ from typing import Any
 
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
+from miros_rabbitmq._miros import signal_number, subscribe_now
 from miros_rabbitmq.discovery._support import Timers, tagged
 from miros_rabbitmq.errors import ConfigurationError
 from miros_rabbitmq.payloads import CacheWritePayload, ConnectionDiscoveryPayload
-from miros_rabbitmq.wire.codec import signal_number
+from miros_rabbitmq.wire.names import DEFAULT_LAN_CACHE_MINUTES, LAN_CACHE_FILE
 
 __all__ = ["LanChart", "LAN_CACHE_FILE", "DEFAULT_TIME_OUT_IN_MINUTES", "DISPATCHER",
            "EMPTY_SCAN_TIME_OUT_IN_MINUTES"]
 
 logger = logging.getLogger(__name__)
 
-LAN_CACHE_FILE = ".miros_rabbitmq_lan_cache.json"
-DEFAULT_TIME_OUT_IN_MINUTES = 30
+DEFAULT_TIME_OUT_IN_MINUTES = DEFAULT_LAN_CACHE_MINUTES
 EMPTY_SCAN_TIME_OUT_IN_MINUTES = 1
 DISPATCHER = "lan_chart"
 CACHE_ANSWER_TIMEOUT_SEC = 10.0  # no CACHE answer: scan anyway
@@ -153,6 +153,7 @@ class LanChart(ActiveObject):
         port: int = 5672,
         recce: Any = None,
         tag: str | None = None,
+        tls: bool = False,
     ) -> None:
         if isinstance(time_out_in_minutes, bool) or not isinstance(time_out_in_minutes, (int, float)) \
                 or time_out_in_minutes < 0:
@@ -163,6 +164,7 @@ class LanChart(ActiveObject):
         self.cache_path = os.path.abspath(os.fspath(cache_file or LAN_CACHE_FILE))
         self.cache_name = os.path.basename(self.cache_path)
         self.port = port
+        self.tls = tls  # the cache's URLs say amqps:// then (never a silent downgrade)
         self.recce = recce
         self.tag = tag
         self.live_trace = bool(live_trace)
@@ -173,8 +175,7 @@ class LanChart(ActiveObject):
         self.scans = 0
         self.last_addresses: list[str] = []
         self.start_at(read_lan_cache)
-        for name in ("CACHE", "LAN_RECCE_COMPLETE"):
-            self._subscribe(Event(signal=name), "fifo")
+        subscribe_now(self, *("CACHE", "LAN_RECCE_COMPLETE"))
 
     # ------------------------------------------------------------------ actions
     def request_cache(self) -> None:
@@ -204,7 +205,7 @@ class LanChart(ActiveObject):
         self.fresh_for = limit - age
         self.last_addresses = hosts
         logger.info("lan_chart: fresh LAN cache (%d peers, %.0f s old): no scan", len(hosts), age)
-        self._announce(hosts, amqp_urls)
+        self._announce(hosts, amqp_urls, unverified=True)  # a file anyone may have written
         return True
 
     def request_recce(self) -> None:
@@ -232,13 +233,13 @@ class LanChart(ActiveObject):
 
     def url(self, host: str) -> str:
         shown = f"[{host}]" if ":" in host else host
-        return f"amqp://{shown}:{self.port}/%2F"
+        return f"{'amqps' if self.tls else 'amqp'}://{shown}:{self.port}/%2F"
 
-    def _announce(self, hosts: list[str], urls: list[str]) -> None:
+    def _announce(self, hosts: list[str], urls: list[str], *, unverified: bool = False) -> None:
         if hosts or urls:
             self.publish(Event(signal=signals.CONNECTION_DISCOVERY,
                                payload=tagged(ConnectionDiscoveryPayload(hosts, urls, DISPATCHER),
-                                              self.tag)))
+                                              self.tag, unverified=unverified)))
 
     def stop(self) -> None:
         self.timers.close()

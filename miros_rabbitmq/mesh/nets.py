@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import secrets
 import threading
 import time
 import uuid
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from miros_rabbitmq._miros import RESERVED_SIGNALS
 from miros_rabbitmq.config import Secret, Settings
 from miros_rabbitmq.errors import (
     BrokerAuthenticationError,
@@ -36,17 +38,27 @@ from miros_rabbitmq.transport import (
     BrokerLink,
     Consumer,
     Outcome,
+    local_broker,
     parse_peer,
 )
 from miros_rabbitmq.transport.consumer import DEFAULT_QUEUE_MAX_LENGTH
-from miros_rabbitmq.wire.codec import (
+from miros_rabbitmq.wire.codec import JSON, PICKLE, Codec, Envelope, Serializer
+from miros_rabbitmq.wire.names import (
+    DEFAULT_MAX_AGE_SEC,
     DEFAULT_MAX_MESSAGE_BYTES,
-    JSON,
-    PICKLE,
-    Codec,
-    Envelope,
-    Serializer,
+    DEFAULT_QUEUE_EXPIRES_MS,
+    EXCHANGES,
+    MESH_EXCHANGE,
+    MESH_QUEUE_PREFIX,
+    SNOOP_SPY_EXCHANGE,
+    SNOOP_SPY_ROUTING_KEY,
+    SNOOP_TRACE_EXCHANGE,
+    SNOOP_TRACE_ROUTING_KEY,
 )
+from miros_rabbitmq.wire.names import (
+    Network as NetworkName,
+)
+from miros_rabbitmq.wire.replay import ReplayGuard
 
 __all__ = [
     "MirosNets",
@@ -60,23 +72,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MESH_EXCHANGE = "miros.mesh.exchange"
-SNOOP_TRACE_EXCHANGE = "miros.snoop.trace.exchange"
-SNOOP_SPY_EXCHANGE = "miros.snoop.spy.exchange"
-SNOOP_TRACE_ROUTING_KEY = "snoop.trace"
-SNOOP_SPY_ROUTING_KEY = "snoop.spy"
-EXCHANGES = (
-    (MESH_EXCHANGE, "topic"),
-    (SNOOP_TRACE_EXCHANGE, "topic"),
-    (SNOOP_SPY_EXCHANGE, "topic"),
-)
-
-DEFAULT_QUEUE_EXPIRES_MS = 10 * 60 * 1000  # an abandoned chart queue lives 10 min
 DEFAULT_MAX_BLOCK = 60.0  # seconds transmit() waits for room on a connected, full link
 DEFAULT_STOP_FLUSH = 5.0  # seconds stop() waits for confirms of what was transmitted
-DEDUP_SENDERS = 4096  # senders remembered by the duplicate filter
-DEDUP_GAPS = 64  # per sender: skipped sequence numbers still accepted (a nacked resend)
+MAX_KNOWN_ORIGINS = 4096  # origins already checked for aliens (then forgotten, all at once)
 DROP_LOG_INTERVAL = 60.0
+V02_HINT = ("a miros-rabbitmq 0.2 node is sending on this mesh with our key; 0.2 and 0.3 "
+            "cannot talk to each other: upgrade both sides to the same version "
+            "(pip install -U miros-rabbitmq)")
+_v02_logged = False  # process-wide: the hint is logged once
 
 
 @dataclass
@@ -120,7 +123,7 @@ class MirosNets:
         deliver: Callable[[Envelope], bool],
         peers: Iterable[str] = (),
         serializer: Serializer = PICKLE,
-        ttl: int | None = None,
+        ttl: float | None = DEFAULT_MAX_AGE_SEC,
         max_buffer: int | None = None,
         max_buffer_bytes: int = DEFAULT_MAX_BYTES,
         overflow_policy: str = DROP_NEW,
@@ -129,6 +132,7 @@ class MirosNets:
         queue_expires_ms: int = DEFAULT_QUEUE_EXPIRES_MS,
         queue_max_length: int = DEFAULT_QUEUE_MAX_LENGTH,
         on_overflow: Callable[[str, int], None] | None = None,
+        clock: Callable[[], float] = time.time,
         brokers: Sequence[str] | None = None,
     ) -> None:
         self.name = name
@@ -137,11 +141,18 @@ class MirosNets:
         self.rx_routing_keys = (
             (rx_routing_key,) if isinstance(rx_routing_key, str) else tuple(rx_routing_key))
         self.identity = f"{name}.{uuid.uuid4().hex[:12]}"
+        # this incarnation: receivers remember (identity, epoch, seq) to refuse replays
+        self.epoch = secrets.randbits(64) or 1  # 0: no incarnation (scout messages)
+        self.clock = clock
+        self.max_message_bytes = max_message_bytes
         # where peers reach our broker; discovery sets it to our LAN address when known
         self.origin = f"{settings.rabbit_host}:{settings.rabbit_port}"
         # on_alien(origin): called (I/O thread, must not block) once per origin of an
         # authentic mesh message that is neither our broker nor a peer (discovery)
         self.on_alien: Callable[[str], None] | None = None
+        # on_mesh_transmit(envelope): called (sender's thread, under the send lock, must
+        # not block) with each mesh envelope sent; snoop publishes a "tx" record from it
+        self.on_mesh_transmit: Callable[[Envelope], None] | None = None
         self._known_origins: set[str] = set()
         self.max_buffer = max_buffer
         self.max_buffer_bytes = max_buffer_bytes
@@ -155,33 +166,36 @@ class MirosNets:
         self.refusals: collections.Counter[tuple[str, str]] = collections.Counter()
         self.on_overflow = on_overflow
         self._in_callback = threading.local()  # an on_overflow that transmits is not re-entered
-        limits = {"ttl": ttl, "max_message_bytes": max_message_bytes}
+        limits: dict[str, Any] = {"max_age": ttl, "max_message_bytes": max_message_bytes,
+                                  "clock": clock}
         # snoop lines are plain data: their networks use the JSON serializer,
-        # which never runs code on load, whatever the mesh uses
+        # which never runs code on load, whatever the mesh uses. Each codec
+        # binds its tokens to its network: a snoop line is never a mesh event.
         self.networks = {
             "mesh": Network("mesh", MESH_EXCHANGE,
-                            Codec(settings.mesh_keys, serializer=serializer, **limits),
+                            Codec(settings.mesh_keys, serializer=serializer,
+                                  network=NetworkName.MESH, **limits),
                             tx_routing_key),
             "snoop_trace": Network("snoop_trace", SNOOP_TRACE_EXCHANGE,
-                                   Codec(settings.snoop_trace_keys, serializer=JSON, **limits),
+                                   Codec(settings.snoop_trace_keys, serializer=JSON,
+                                         network=NetworkName.SNOOP_TRACE, **limits),
                                    SNOOP_TRACE_ROUTING_KEY),
             "snoop_spy": Network("snoop_spy", SNOOP_SPY_EXCHANGE,
-                                 Codec(settings.snoop_spy_keys, serializer=JSON, **limits),
+                                 Codec(settings.snoop_spy_keys, serializer=JSON,
+                                       network=NetworkName.SNOOP_SPY, **limits),
                                  SNOOP_SPY_ROUTING_KEY),
         }
         self._deliver = deliver
-        # one sequence per network: a receiver's duplicate filter sees every
-        # mesh number of a sender, so a gap means a message still to come
-        self._seqs = {name: itertools.count(1) for name in self.networks}
+        # one sequence per network: a receiver's replay window counts only its network's messages
+        self._seqs = {network: itertools.count(1) for network in self.networks}
         self._send_lock = threading.Lock()
         self._peers_lock = threading.Lock()
         self._peers: dict[tuple[str, int, str, str], BrokerLink] = {}
-        self._last_seq: collections.OrderedDict[str, int] = collections.OrderedDict()
-        self._gaps: dict[str, set[int]] = {}  # per sender: skipped seqs (see _on_mesh_message)
+        self.replays = ReplayGuard(owner=name)
+        # the envelope of a delivery that found no room: decrypted once, not again on resume
+        self._parked_envelope: tuple[bytes, Envelope] | None = None
         self._initial_peers = list(peers)
-        self.local_address = BrokerAddress(settings.rabbit_host, settings.rabbit_port,
-                                           settings.rabbit_vhost, settings.rabbit_user,
-                                           settings.rabbit_password)
+        self.local_address = local_broker(settings)
         # cluster mode: one link to one node of the cluster at a time, no peers
         entries = list(brokers) if brokers is not None else list(settings.rabbit_cluster)
         self.cluster: tuple[BrokerAddress, ...] = tuple(
@@ -217,7 +231,8 @@ class MirosNets:
             exchange=MESH_EXCHANGE,
             routing_keys=self.rx_routing_keys,
             on_message=self._on_mesh_message,
-            queue=f"miros.mesh.{self.identity}",
+            with_routing_key=True,
+            queue=f"{MESH_QUEUE_PREFIX}{self.identity}",
             durable=True,
             expires_ms=self.queue_expires_ms,
             max_length=self.queue_max_length,
@@ -397,7 +412,8 @@ class MirosNets:
 
     # ------------------------------------------------------------------ sending
     def transmit(self, signal_name: str, payload: Any, *, network: str = "mesh",
-                 routing_key: str | None = None) -> bool:
+                 routing_key: str | None = None, causation: str = "",
+                 connected_only: bool = False) -> bool:
         """Encode once, publish the same bytes to every broker; True if every link took it.
 
         Flow control: a mesh event waits (up to ``max_block`` seconds in all)
@@ -406,6 +422,10 @@ class MirosNets:
         link refuses it. A link that is down buffers and never makes the
         caller wait. Snoop lines never wait: they are dropped when there is
         no room. Refusals are counted per peer and reason (stats()).
+
+        ``causation``: the id of the event whose handling sends this one (see
+        :attr:`Envelope.causation`). ``connected_only``: skip links that are not
+        connected now instead of buffering (presence lines: a stale one is worthless).
 
         Raises :class:`~miros_rabbitmq.errors.SerializationError` if the payload
         cannot be serialized.
@@ -421,10 +441,15 @@ class MirosNets:
                     link.count_refusal(Outcome.BLOCKED)
                     refused.append((link, Outcome.BLOCKED))
         with self._send_lock:  # one sender's messages keep their order on every link
-            envelope = Envelope(signal_name, payload, self.identity, next(self._seqs[network]), self.origin)
-            token = net.codec.encode(envelope)  # once, whatever the number of peers
             key = routing_key or net.routing_key
+            envelope = Envelope(signal_name, payload, self.identity, next(self._seqs[network]),
+                                self.origin, causation, epoch=self.epoch, routing_key=key)
+            token = net.codec.encode(envelope)  # once, whatever the number of peers
+            if not droppable and self.on_mesh_transmit is not None:
+                self.on_mesh_transmit(envelope)
             for link in links:
+                if connected_only and not link.connected.is_set():
+                    continue
                 if refused and any(link is gone for gone, _ in refused):
                     continue
                 outcome = link.publish(net.exchange, key, token,
@@ -438,59 +463,75 @@ class MirosNets:
         return True
 
     # ------------------------------------------------------------------ receiving
-    def _on_mesh_message(self, body: bytes) -> bool:
-        """I/O thread: authenticate, filter, hand to the chart. False = no room."""
-        try:
-            envelope = self.networks["mesh"].codec.decode(body)
-        except DecodeError as error:
-            self.drops.drop("mesh", error.reason)
+    def _on_mesh_message(self, body: bytes, routing_key: str) -> bool:
+        """I/O thread: authenticate, filter, hand to the chart. False = no room.
+
+        In order: the size limit (before anything else), one decryption (the
+        codec refuses tokens of another network or routing key, and older
+        than the age limit), own messages, replays (sender, epoch, seq seen
+        before), miros's reserved signals; then the chart.
+        """
+        parked = self._parked_envelope
+        if parked is not None and parked[0] is body:
+            envelope = parked[1]  # decrypted when it first found no room
+        else:
+            if len(body) > self.max_message_bytes:
+                self.drops.drop("mesh", "too_large")
+                return True
+            try:
+                envelope = self.networks["mesh"].codec.decode(body, routing_key=routing_key)
+            except DecodeError as error:
+                self._dropped_token(error.reason)
+                return True
+        self._parked_envelope = None
+        if envelope.epoch == 0:
+            # no sender incarnation: a scout challenge or answer, never a mesh event
+            self.drops.drop("mesh", "no_epoch")
             return True
         if envelope.sender == self.identity:
             self.counts["mesh.own"] += 1  # a chart never receives its own transmissions
             return True
-        sender, seq = envelope.sender, envelope.seq
-        last = self._last_seq.get(sender)
-        late = last is not None and seq <= last
-        if late and seq not in self._gaps.get(sender, ()):
-            self.counts["mesh.duplicate"] += 1
+        if self.replays.seen(envelope.sender, envelope.epoch, envelope.seq):
+            self.counts["mesh.duplicate"] += 1  # a resend we already had, or a replay
+            return True
+        if envelope.signal_name in RESERVED_SIGNALS:
+            # ENTRY/EXIT/INIT/STOP_ACTIVE_OBJECT...: they drive the event processor
+            # and are never the network's to post (a remote STOP would stop the chart)
+            self.replays.accept(envelope.sender, envelope.epoch, envelope.seq)
+            self.drops.drop("mesh", "reserved_signal")
             return True
         if not self._deliver(envelope):
+            self._parked_envelope = (body, envelope)
             return False
-        if late:
-            # a message its sender sent again after a nack, behind newer ones:
-            # its number was skipped (a gap), so it is new here; once only
-            self._gaps[sender].discard(seq)
-        else:
-            if last is not None and seq > last + 1:
-                self._remember_gap(sender, last, seq)
-            self._last_seq[sender] = seq
-            self._last_seq.move_to_end(sender)
-            if len(self._last_seq) > DEDUP_SENDERS:
-                forgotten, _ = self._last_seq.popitem(last=False)
-                self._gaps.pop(forgotten, None)
+        self.replays.accept(envelope.sender, envelope.epoch, envelope.seq)
+        self.replays.note_clock(envelope.sender, envelope.sent_at, self.clock())
         self.counts["mesh.delivered"] += 1
         if self.on_alien is not None and envelope.origin not in self._known_origins:
             self._check_origin(envelope.origin)
         return True
 
-    def _remember_gap(self, sender: str, last: int, seq: int) -> None:
-        """Mesh sequence numbers of a sender are consecutive (snoop lines count apart),
-        so a jump means some were refused by a broker and will come again (bounded)."""
-        gaps = self._gaps.setdefault(sender, set())
-        gaps.update(range(max(last + 1, seq - DEDUP_GAPS), seq))
-        while len(gaps) > DEDUP_GAPS:
-            gaps.discard(min(gaps))
+    def _dropped_token(self, reason: str) -> None:
+        global _v02_logged
+        self.drops.drop("mesh", reason)
+        if reason == "v0.2" and not _v02_logged:
+            _v02_logged = True
+            logger.warning("%s: %s", self.name, V02_HINT)
 
     def _check_origin(self, origin: str) -> None:
         """Report an origin that is neither our broker nor a peer, once (I/O thread)."""
         try:
-            key = parse_peer(origin, self.settings).identity()
+            # no DNS on the I/O thread: a name not resolved yet goes to discovery,
+            # which resolves it on its own thread (and scouts it before adopting it)
+            key = parse_peer(origin, self.settings).cached_identity()
+            valid = True
         except PeerAddressError:
-            key = None
+            key, valid = None, False
         with self._peers_lock:
+            if len(self._known_origins) >= MAX_KNOWN_ORIGINS:
+                self._known_origins.clear()
             self._known_origins.add(origin)
             local = self.local_link.identity if self.local_link is not None else None
-            alien = key is not None and key != local and key not in self._peers
+            alien = valid and (key is None or (key != local and key not in self._peers))
         callback = self.on_alien
         if alien and callback is not None:
             try:
@@ -538,6 +579,12 @@ class MirosNets:
             "reconnects": sum(p["reconnects"] for p in peers.values()),
             "peers": peers,
         }
+
+    def set_clock(self, clock: Callable[[], float]) -> None:
+        """Use ``clock`` (seconds since the epoch) to stamp and to check message times (tests)."""
+        self.clock = clock
+        for network in self.networks.values():
+            network.codec.clock = clock
 
     def set_keys(self, network: str, keys: Iterable[str | bytes | Secret]) -> None:
         """Rotate a network's keys at run time: the first encrypts, all decrypt."""

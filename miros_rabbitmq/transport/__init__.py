@@ -23,7 +23,13 @@ Delivery guarantees at this layer:
 """
 
 from miros_rabbitmq.transport._pika_glue import on_io_thread
-from miros_rabbitmq.transport.address import BrokerAddress, local_addresses, parse_peer
+from miros_rabbitmq.transport.address import (
+    BrokerAddress,
+    local_addresses,
+    local_broker,
+    parse_peer,
+    ssl_options,
+)
 from miros_rabbitmq.transport.consumer import Consumer
 from miros_rabbitmq.transport.link import BrokerLink, LinkStats
 from miros_rabbitmq.transport.outbox import (
@@ -38,6 +44,7 @@ from miros_rabbitmq.transport.probe import (
     PROBER,
     TIMEOUT_AFTER_CONNECT,
     Probe,
+    ProbeBody,
     Prober,
     ProbeResult,
     Responder,
@@ -60,13 +67,16 @@ __all__ = [
     "Outcome",
     "PROBER",
     "Probe",
+    "ProbeBody",
     "ProbeResult",
     "Prober",
     "Responder",
     "TIMEOUT_AFTER_CONNECT",
     "flush_all",
     "local_addresses",
+    "local_broker",
     "on_io_thread",
     "parse_peer",
     "probe",
+    "ssl_options",
 ]

@@ -18,6 +18,7 @@ slower, same behaviour. Nothing else in the package touches pika privates.
 from __future__ import annotations
 
 import logging
+import os
 import select
 import threading
 from collections.abc import Callable
@@ -32,6 +33,8 @@ from pika.adapters.utils.connection_workflow import (
     AMQPConnectorSocketConnectError,
 )
 from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
+
+from miros_rabbitmq.wire.names import CONTENT_TYPE
 
 __all__ = [
     "GLUE_ENABLED",
@@ -50,8 +53,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-CONTENT_TYPE = "application/x-miros-rabbitmq"
 
 # the pika privates the glue uses, by owner
 _PRIVATES: dict[Any, tuple[str, ...]] = {
@@ -72,9 +73,14 @@ def _missing_privates() -> list[str]:
 
 
 _missing = _missing_privates()
+#: set to 0 to run on pika's stock path (to rule the glue out when debugging)
+GLUE_VARIABLE = "MIROS_RABBITMQ_PIKA_GLUE"
+_forced_off = os.environ.get(GLUE_VARIABLE, "1").strip() == "0"
 #: False when this pika lacks a private the glue needs: stock pika paths are used
-GLUE_ENABLED = not _missing
-if _missing:
+GLUE_ENABLED = not _missing and not _forced_off
+if _forced_off:
+    logger.info("%s=0: the transport uses pika's stock I/O loop and connection", GLUE_VARIABLE)
+elif _missing:
     logger.warning("pika %s lacks %s: the transport uses pika's stock I/O loop and "
                    "connection (correct, slower); pin pika>=1.3.2,<1.5 for the fast path",
                    getattr(pika, "__version__", "?"), ", ".join(_missing))
@@ -158,7 +164,7 @@ class _SharedPoller(PollPoller):
         self.POLL_TIMEOUT_MULT = 1 if self._use_epoll else 1000
         super().__init__(get_wait_seconds, process_timeouts)
 
-    def _create_poller(self) -> Any:  # type: ignore[override]
+    def _create_poller(self) -> Any:
         poll_object = select.epoll() if self._use_epoll else select.poll()
         return _LockReleasingWait(poll_object, self._loop_lock)
 
@@ -262,7 +268,7 @@ class SharedLoop(IOLoop):
                 _switch_off(f"its I/O loop lacks {', '.join(missing)}")
                 self.joinable = False
 
-    def _get_poller(self, get_wait_seconds: Callable[[], float | None],  # type: ignore[override]
+    def _get_poller(self, get_wait_seconds: Callable[[], float | None],
                     process_timeouts: Callable[[], None]) -> Any:
         if not GLUE_ENABLED:
             return super()._get_poller(get_wait_seconds, process_timeouts)
@@ -318,6 +324,27 @@ class GlueConnection(pika.SelectConnection):
 
     _direct_writes = GLUE_ENABLED
     buffered_writes = 0
+    _batch: list[bytes] | None = None
+
+    def use_stock_writes(self) -> None:
+        """This connection writes through pika's own path (TLS: pika writes the records)."""
+        self._direct_writes = False
+
+    def begin_batch(self) -> None:
+        """Loop's thread: collect what is written until :meth:`end_batch`, then one send(2).
+
+        A pass of the loop that publishes a batch of queued messages writes
+        them together: one system call (and one release of the GIL, which a
+        busy process pays for dearly) instead of one per message.
+        """
+        if self._direct_writes:
+            self._batch = []
+
+    def end_batch(self, *, discard: bool = False) -> None:
+        """Write the batch; ``discard``: drop it (a publish failed: all of it is requeued)."""
+        batch, self._batch = self._batch, None
+        if batch and not discard:
+            self._write(b"".join(batch) if len(batch) > 1 else batch[0])
 
     def _output_marshaled_frames(self, marshaled_frames: Any) -> None:
         if not self._direct_writes:
@@ -327,6 +354,12 @@ class GlueConnection(pika.SelectConnection):
         data = b"".join(marshaled_frames) if len(marshaled_frames) > 1 else marshaled_frames[0]
         self.frames_sent += len(marshaled_frames)
         self.bytes_sent += len(data)
+        if self._batch is not None:
+            self._batch.append(data)
+            return
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
         sent = self._send_directly(data)
         if sent == len(data):
             return
@@ -337,14 +370,14 @@ class GlueConnection(pika.SelectConnection):
         transport = self._transport
         try:
             if (type(transport).__name__ != "_AsyncPlaintextTransport"
-                    or transport._state != transport._STATE_ACTIVE):  # type: ignore[union-attr]
+                    or transport._state != transport._STATE_ACTIVE):
                 return 0
-            sock = transport._sock  # type: ignore[union-attr]
+            sock = transport._sock
         except AttributeError:
             type(self)._direct_writes = False
             _switch_off("its plain-TCP transport changed (no _state/_sock)")
             return 0
-        if transport.get_write_buffer_size():  # type: ignore[union-attr]
+        if transport.get_write_buffer_size():
             return 0  # earlier data still queued: keep the order
         try:
             return sock.send(data)

@@ -35,7 +35,9 @@ class Consumer:
 
     ``on_message(body) -> bool``: True when the message was taken (or is to be
     discarded): it is acked. False when the receiver has no room: the delivery
-    is parked, unacked, and tried again on :meth:`resume`.
+    is parked, unacked, and tried again on :meth:`resume`. With
+    ``with_routing_key=True`` it is called as ``on_message(body, routing_key)``
+    (the key the message was published under: receivers bind tokens to it).
 
     ``expires_ms`` (x-expires) lets the broker delete the queue once nobody
     consumed it for that long; ``max_length`` (x-max-length, drop-head) bounds
@@ -48,7 +50,7 @@ class Consumer:
         *,
         exchange: str,
         routing_keys: Iterable[str],
-        on_message: Callable[[bytes], bool],
+        on_message: Callable[..., bool],
         queue: str = "",
         exchange_type: str = "topic",
         durable: bool = False,
@@ -56,11 +58,13 @@ class Consumer:
         max_length: int | None = None,
         prefetch: int = 256,
         queue_type: str | None = None,
+        with_routing_key: bool = False,
     ) -> None:
         if queue_type == "quorum" and not durable:
             raise ValueError("a quorum queue is durable (and never exclusive or auto-delete)")
         self.queue_type = queue_type
         self.exchange = exchange
+        self.with_routing_key = with_routing_key
         self.exchange_type = exchange_type
         self.routing_keys = tuple(routing_keys)
         self.on_message = on_message
@@ -72,11 +76,13 @@ class Consumer:
         self.ready = threading.Event()
         self.waits = 0  # how often the receiver had no room (back-pressure)
         self.link: LoopHandle | None = None
-        self._parked: collections.deque[tuple[Any, int, bytes]] = collections.deque()
+        self._parked: collections.deque[tuple[Any, int, bytes, str]] = collections.deque()
         self._channel: Any = None
         self._tag: str | None = None
         self._ack_upto = 0  # highest delivery tag taken but not yet acked
         self._ack_timer: Any = None
+        #: its channel closed by the broker, in a row (the link backs off by it)
+        self.channel_failures = 0
 
     def __repr__(self) -> str:
         return f"Consumer(queue={self.queue!r}, exchange={self.exchange!r}, keys={self.routing_keys!r})"
@@ -127,7 +133,11 @@ class Consumer:
 
         def on_qos(_frame: Any) -> None:
             self._tag = channel.basic_consume(self.queue, self.handle_delivery, auto_ack=False,
-                                              callback=lambda _frame: self.ready.set())
+                                              callback=on_consuming)
+
+        def on_consuming(_frame: Any) -> None:
+            self.channel_failures = 0
+            self.ready.set()
 
         channel.exchange_declare(self.exchange, exchange_type=self.exchange_type, durable=True,
                                  callback=on_exchange)
@@ -174,21 +184,21 @@ class Consumer:
 
     def handle_delivery(self, channel: Any, method: Any, _properties: Any, body: bytes) -> None:
         if self._parked:
-            self._parked.append((channel, method.delivery_tag, body))
+            self._parked.append((channel, method.delivery_tag, body, method.routing_key))
             return
-        if self._call(body):
+        if self._call(body, method.routing_key):
             self._ack(channel, method.delivery_tag)
         else:
             self.waits += 1  # back-pressure: the receiver had no room
-            self._parked.append((channel, method.delivery_tag, body))
+            self._parked.append((channel, method.delivery_tag, body, method.routing_key))
 
     def _drain_parked(self) -> None:
         while self._parked:
-            channel, tag, body = self._parked[0]
+            channel, tag, body, routing_key = self._parked[0]
             if channel is not self._channel or not channel.is_open:
                 self._parked.popleft()  # the broker redelivers what a dead channel held
                 continue
-            if not self._call(body):
+            if not self._call(body, routing_key):
                 return
             self._parked.popleft()
             self._ack(channel, tag)
@@ -215,8 +225,10 @@ class Consumer:
         if tag and channel is not None and channel.is_open:
             channel.basic_ack(tag, multiple=True)
 
-    def _call(self, body: bytes) -> bool:
+    def _call(self, body: bytes, routing_key: str) -> bool:
         try:
+            if self.with_routing_key:
+                return bool(self.on_message(body, routing_key))
             return bool(self.on_message(body))
         except Exception:  # a receiver bug must not kill the I/O thread
             logger.exception("consumer of %s raised; message dropped", self.queue)

@@ -43,7 +43,7 @@ from miros_rabbitmq.transport._pika_glue import (
     mark_io_thread,
     on_io_thread,
 )
-from miros_rabbitmq.transport.address import BrokerAddress
+from miros_rabbitmq.transport.address import BrokerAddress, ssl_options
 from miros_rabbitmq.transport.consumer import Consumer
 from miros_rabbitmq.transport.outbox import (
     DEFAULT_MAX_BYTES,
@@ -53,6 +53,7 @@ from miros_rabbitmq.transport.outbox import (
     Outbox,
     Outcome,
 )
+from miros_rabbitmq.wire.names import DEFAULT_HEARTBEAT
 
 __all__ = ["BrokerLink", "LinkStats", "RECONNECT_MIN_DELAY", "RECONNECT_MAX_DELAY"]
 
@@ -91,7 +92,7 @@ class BrokerLink:
         self,
         address: BrokerAddress,
         *,
-        heartbeat: int = 30,
+        heartbeat: int = DEFAULT_HEARTBEAT,
         max_buffer: int | None = None,
         max_buffer_bytes: int = DEFAULT_MAX_BYTES,
         overflow_policy: str = DROP_NEW,
@@ -129,6 +130,7 @@ class BrokerLink:
         self._connection: Any = None
         self._pub_channel: Any = None
         self._pub_ready = False
+        self._pub_failures = 0  # publishing channels lost in a row (backoff)
         self._attempt = 0
         self._reconnect_timer: Any = None
         self._state_listeners: list[Callable[[BrokerLink, bool], None]] = []
@@ -228,6 +230,8 @@ class BrokerLink:
         """
         if on_io_thread():
             return True
+        if not self._blocked and not self._outbox.full():
+            return True  # read without the lock: a stale "room" lets one more message in
         with self._changed:
             if not self._must_wait():
                 return True
@@ -357,6 +361,7 @@ class BrokerLink:
             port=self.address.port,
             virtual_host=self.address.vhost,
             credentials=pika.PlainCredentials(self.address.user, self.address.password.reveal()),
+            ssl_options=ssl_options(self.address),
             heartbeat=self.heartbeat,
             connection_attempts=1,
             socket_timeout=5,
@@ -378,6 +383,8 @@ class BrokerLink:
                 on_close_callback=self._on_closed,
                 custom_ioloop=self._ioloop,
             )
+            if self.address.tls is not None:
+                self._connection.use_stock_writes()  # TLS: pika writes the records
             self._connection.add_on_connection_blocked_callback(self._on_blocked)
             self._connection.add_on_connection_unblocked_callback(self._on_unblocked)
         except Exception as error:
@@ -495,6 +502,7 @@ class BrokerLink:
         next_one()
 
     def _on_publish_ready(self) -> None:
+        self._pub_failures = 0
         with self._lock:
             self._outbox.restart_tags()
         self._pub_ready = True
@@ -510,15 +518,29 @@ class BrokerLink:
                 logger.exception("link state listener failed")
 
     def _on_channel_closed(self, channel: Any, reason: BaseException) -> None:
+        """The publishing channel closed (a channel-level error, e.g. an exchange
+        declared elsewhere with another type): open another one, with backoff.
+        The connection stays: every other chart's channel on it goes on."""
         if self._closing or self._connection is None or not self._connection.is_open:
             return
-        # a channel-level error (e.g. an exchange declared elsewhere with another
-        # type): drop the connection and start clean, with backoff
-        logger.warning("channel to %s closed: %s", self.address, describe_error(reason))
-        try:
-            self._connection.close()
-        except Exception:
-            pass
+        if channel is not self._pub_channel:
+            return
+        self._pub_ready = False
+        self._pub_channel = None
+        with self._changed:
+            self._outbox.requeue_in_flight()
+            self._changed.notify_all()
+        delay = _channel_backoff(self._pub_failures)
+        self._pub_failures += 1
+        logger.warning("publishing channel to %s closed: %s (another in %.1f s)",
+                       self.address, describe_error(reason), delay)
+        self._ioloop.call_later(delay, self._reopen_pub_channel)
+
+    def _reopen_pub_channel(self) -> None:
+        connection = self._connection
+        if self._closing or connection is None or not connection.is_open or self._pub_channel:
+            return
+        connection.channel(on_open_callback=self._on_pub_channel)
 
     def _drain_outbox(self) -> None:
         with self._lock:
@@ -526,18 +548,25 @@ class BrokerLink:
         channel = self._pub_channel
         if not self._pub_ready or channel is None or not channel.is_open:
             return
-        for _ in range(DRAIN_BATCH):
-            with self._lock:
-                taken = self._outbox.take()
-            if taken is None:
-                return
-            message = taken[1]
-            if message.exchange not in self._exchanges:
-                self._exchanges[message.exchange] = "topic"
-                channel.exchange_declare(message.exchange, exchange_type="topic", durable=True,
-                                         callback=lambda _frame: None)
-            if not self._basic_publish(message):
-                return
+        connection = self._connection
+        connection.begin_batch()  # the batch leaves in one send(2)
+        failed = False
+        try:
+            for _ in range(DRAIN_BATCH):
+                with self._lock:
+                    taken = self._outbox.take()
+                if taken is None:
+                    return
+                message = taken[1]
+                if message.exchange not in self._exchanges:
+                    self._exchanges[message.exchange] = "topic"
+                    channel.exchange_declare(message.exchange, exchange_type="topic",
+                                             durable=True, callback=lambda _frame: None)
+                if not self._basic_publish(message):
+                    failed = True  # everything in flight went back to the queue
+                    return
+        finally:
+            connection.end_batch(discard=failed)
         # more is queued: read the socket (confirms, deliveries) before the next batch
         with self._lock:
             wake = not self._wake_pending
@@ -600,8 +629,22 @@ class BrokerLink:
                                     reason: BaseException) -> None:
         if consumer.channel is channel:
             consumer.detach()
-        if consumer in self._consumers:  # not a removal: start clean, with backoff
-            self._on_channel_closed(channel, reason)
+        connection = self._connection
+        if (consumer not in self._consumers or self._closing or connection is None
+                or not connection.is_open):
+            return  # a removal, or the connection went (it reopens every channel)
+        # a channel-level error on this consumer's channel (e.g. its queue declared
+        # elsewhere with other arguments): only this channel is retried, with backoff
+        delay = _channel_backoff(consumer.channel_failures)
+        consumer.channel_failures += 1
+        logger.warning("channel of %s on %s closed: %s (another in %.1f s)", consumer.queue,
+                       self.address, describe_error(reason), delay)
+
+        def reopen() -> None:
+            if consumer in self._consumers and consumer.channel is None:
+                self._open_consumer_channel(consumer)
+
+        self._ioloop.call_later(delay, reopen)
 
     def _remove_consumer(self, consumer: Consumer, delete_queue: bool, done: threading.Event) -> None:
         if consumer in self._consumers:
@@ -630,3 +673,7 @@ class BrokerLink:
                            "messages (%s); %d dropped so far", self.address, box.pending,
                            box.pending_bytes, "new" if box.policy == DROP_NEW else "the oldest",
                            box.policy, box.dropped_full + box.dropped_oldest)
+
+
+def _channel_backoff(failures: int) -> float:
+    return min(RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY * (2 ** min(failures, 10)))

@@ -21,16 +21,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import pika
+from pika.adapters.utils.connection_workflow import (
+    AMQPConnectionWorkflowFailed,
+    AMQPConnectorSocketConnectError,
+)
 
 from miros_rabbitmq.transport._pika_glue import (
     CONTENT_TYPE,
     IOLoop,
     SelectorIOServicesAdapter,
     describe_error,
+    is_auth_error,
     mark_io_thread,
 )
-from miros_rabbitmq.transport.address import BrokerAddress
+from miros_rabbitmq.transport.address import BrokerAddress, ssl_options
 from miros_rabbitmq.transport.consumer import Consumer
+from miros_rabbitmq.wire.names import DIRECT_REPLY_TO, ProbeOutcome
 
 __all__ = [
     "DIRECT_REPLY_TO",
@@ -69,6 +75,7 @@ class Responder(Consumer):
                          queue=queue, exchange_type=exchange_type, prefetch=prefetch)
         self.on_request = on_request
         self.answered = 0
+        self.bad_reply_to = 0
 
     # -- I/O thread only
     def handle_delivery(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
@@ -78,6 +85,11 @@ class Responder(Consumer):
             logger.exception("responder of %s raised; request dropped", self.queue)
             answer = None
         reply_to = getattr(properties, "reply_to", None)
+        if answer is not None and not _is_direct_reply_to(reply_to):
+            # only RabbitMQ's direct reply-to: an answer published to a named queue
+            # would let a requester inject it into any queue of this broker
+            self.bad_reply_to += 1
+            answer = None
         if answer is not None and reply_to:
             try:  # a requester that is gone: the broker drops the answer
                 channel.basic_publish(
@@ -94,20 +106,52 @@ def _taken(_body: bytes) -> bool:
     return True
 
 
+def _is_direct_reply_to(reply_to: Any) -> bool:
+    """A name RabbitMQ gave a direct reply-to consumer (``amq.rabbitmq.reply-to.*``)."""
+    return (isinstance(reply_to, str) and reply_to.startswith(DIRECT_REPLY_TO + ".")
+            and len(reply_to) <= 255 and reply_to.isprintable())
 
-DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
 PROBE_CLOSE_GRACE = 2.0  # seconds a finished probe waits for its broker's Close-Ok
 #: a probe's reason when the port took the connection but no answer came in time
 TIMEOUT_AFTER_CONNECT = "timeout (the port answered; no node holding our key did)"
 
+#: what a probe publishes: bytes, or ``body(ip, port)`` made once the connection is up
+ProbeBody = bytes | Callable[[str, int], bytes]
+
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """How a probe ended: ``ok`` when an answer was accepted; ``reason`` says why not."""
+    """How a probe ended: ``ok`` when an answer was accepted; ``outcome`` says
+    why not (read it, not ``reason``, which is text for people)."""
 
     ok: bool
     reason: str
     elapsed: float
+    outcome: ProbeOutcome = ProbeOutcome.ERROR
+
+
+def _outcome_of(error: BaseException | None) -> ProbeOutcome:
+    """The outcome of a connection or channel failure."""
+    if error is None:
+        return ProbeOutcome.ERROR
+    if is_auth_error(error):
+        return ProbeOutcome.AUTH_REFUSED
+    workflow = error.args[0] if error.args else None
+    if isinstance(workflow, AMQPConnectionWorkflowFailed) and workflow.exceptions:
+        error = workflow.exceptions[-1]
+    if isinstance(error, AMQPConnectorSocketConnectError):
+        cause = error.exception
+        if isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == \
+                errno.ECONNREFUSED:
+            return ProbeOutcome.REFUSED
+        return ProbeOutcome.UNREACHABLE
+    if getattr(error, "reply_code", None) == 404:  # no scout exchange on that broker
+        return ProbeOutcome.NO_RESPONDER
+    if getattr(error, "reply_code", None) in (403, 530):  # access refused, vhost not allowed
+        return ProbeOutcome.AUTH_REFUSED
+    return ProbeOutcome.ERROR
 
 
 class Probe:
@@ -118,7 +162,7 @@ class Probe:
     """
 
     def __init__(self, prober: Prober, loop: IOLoop, services: Any, address: BrokerAddress, *,
-                 exchange: str, routing_key: str, body: bytes,
+                 exchange: str, routing_key: str, body: ProbeBody,
                  accept: Callable[[bytes], bool], timeout: float,
                  on_done: Callable[[ProbeResult], None] | None) -> None:
         self.address = address
@@ -141,7 +185,9 @@ class Probe:
         self._pending: Any = None  # a resolution or a TCP connect under way
         self._sock: socket.socket | None = None
         self._addresses: list[Any] = []
+        self._target = ""
         self._tcp_error = "refused"
+        self._tcp_errno = errno.ECONNREFUSED
 
     def __repr__(self) -> str:
         return f"Probe({self.address.url!r}, result={self.result!r})"
@@ -151,7 +197,7 @@ class Probe:
         self._on_done = None
         if self.result is None:
             try:
-                self._loop.add_callback_threadsafe(lambda: self._finish(False, "cancelled"))
+                self._loop.add_callback_threadsafe(lambda: self._finish(False, "cancelled", ProbeOutcome.CANCELLED))
             except Exception:  # the loop is gone: so is the probe
                 pass
 
@@ -170,12 +216,16 @@ class Probe:
 
     def _on_deadline(self) -> None:
         # past the TCP knock, silence means a broker without a node that holds our key
-        self._finish(False, "timeout" if self._connection is None else TIMEOUT_AFTER_CONNECT)
+        if self._connection is None:
+            self._finish(False, "timeout", ProbeOutcome.TIMEOUT)
+        else:
+            self._finish(False, TIMEOUT_AFTER_CONNECT, ProbeOutcome.NO_ANSWER)
 
     def _on_resolved(self, records: Any) -> None:
         self._pending = None
         if isinstance(records, BaseException):
-            self._finish(False, f"cannot resolve {self.address.host} ({records})")
+            self._finish(False, f"cannot resolve {self.address.host} ({records})",
+                         ProbeOutcome.UNRESOLVED)
             return
         self._addresses = [record[4] for record in records]
         self._knock()
@@ -186,7 +236,9 @@ class Probe:
         if self.result is not None:
             return
         if not self._addresses:
-            self._finish(False, f"no TCP connection ({self._tcp_error})")
+            self._finish(False, f"no TCP connection ({self._tcp_error})",
+                         ProbeOutcome.REFUSED if self._tcp_errno == errno.ECONNREFUSED
+                         else ProbeOutcome.UNREACHABLE)
             return
         target = self._addresses.pop(0)
         sock = self._sock = socket.socket(
@@ -210,16 +262,19 @@ class Probe:
             self._sock = None
         if code:
             self._tcp_error = f"[Errno {code}] {os.strerror(code)}"
+            self._tcp_errno = code
             self._knock()  # the next address of that name, if any
             return
         if self.result is not None:
             return
+        self._target = target[0]
         remaining = max(0.001, self._remaining())
         parameters = pika.ConnectionParameters(
             host=target[0],
             port=self.address.port,
             virtual_host=self.address.vhost,
             credentials=pika.PlainCredentials(self.address.user, self.address.password.reveal()),
+            ssl_options=ssl_options(self.address),  # server_hostname: the name we were given
             heartbeat=0,  # the connection lives for one round trip
             connection_attempts=1,
             socket_timeout=remaining,
@@ -264,8 +319,10 @@ class Probe:
         if self.result is not None or self._channel is None or not self._channel.is_open:
             return
         expiration = str(max(1, int(self._remaining() * 1000)))
+        # a body made now can name the address and port this connection reached
+        body = self._body(self._target, self.address.port) if callable(self._body) else self._body
         self._channel.basic_publish(
-            self.exchange, self.routing_key, self._body,
+            self.exchange, self.routing_key, body,
             pika.BasicProperties(delivery_mode=1, content_type=CONTENT_TYPE,
                                  reply_to=DIRECT_REPLY_TO, correlation_id=self._correlation_id,
                                  expiration=expiration),
@@ -275,27 +332,29 @@ class Probe:
         if self.result is not None or properties.correlation_id != self._correlation_id:
             return
         if self._accept(body):
-            self._finish(True, "answered")
+            self._finish(True, "answered", ProbeOutcome.ANSWERED)
 
     def _on_return(self, _channel: Any, _method: Any, _properties: Any, _body: bytes) -> None:
-        self._finish(False, "no responder on that broker")
+        self._finish(False, "no responder on that broker", ProbeOutcome.NO_RESPONDER)
 
     def _on_channel_closed(self, _channel: Any, reason: BaseException) -> None:
         self._channel = None
-        self._finish(False, describe_error(reason))  # e.g. 404: the exchange does not exist there
+        # e.g. 404: the exchange does not exist there
+        self._finish(False, describe_error(reason), _outcome_of(reason))
 
     def _on_open_error(self, _connection: Any, error: BaseException) -> None:
-        self._finish(False, describe_error(error))
+        self._finish(False, describe_error(error), _outcome_of(error))
         self._release()
 
     def _on_closed(self, _connection: Any, reason: BaseException) -> None:
-        self._finish(False, describe_error(reason))
+        self._finish(False, describe_error(reason), _outcome_of(reason))
         self._release()
 
-    def _finish(self, ok: bool, reason: str) -> None:
+    def _finish(self, ok: bool, reason: str,
+                outcome: ProbeOutcome = ProbeOutcome.ERROR) -> None:
         if self.result is not None:
             return
-        self.result = ProbeResult(ok, reason, time.monotonic() - self._started_at)
+        self.result = ProbeResult(ok, reason, time.monotonic() - self._started_at, outcome)
         if self._timer is not None:
             self._loop.remove_timeout(self._timer)
             self._timer = None
@@ -399,7 +458,7 @@ class Prober:
         self._thread: threading.Thread | None = None
         self._active = 0
 
-    def probe(self, address: BrokerAddress, *, exchange: str, routing_key: str, body: bytes,
+    def probe(self, address: BrokerAddress, *, exchange: str, routing_key: str, body: ProbeBody,
               accept: Callable[[bytes], bool], timeout: float,
               on_done: Callable[[ProbeResult], None] | None = None) -> Probe:
         if timeout <= 0:
@@ -467,7 +526,7 @@ class Prober:
 PROBER = Prober()
 
 
-def probe(address: BrokerAddress, *, exchange: str, routing_key: str, body: bytes,
+def probe(address: BrokerAddress, *, exchange: str, routing_key: str, body: ProbeBody,
           accept: Callable[[bytes], bool], timeout: float,
           on_done: Callable[[ProbeResult], None] | None = None) -> Probe:
     """Publish ``body`` to ``exchange`` at ``address`` and wait for an accepted answer.
