@@ -282,51 +282,6 @@ class _Networked:
         return True
 
 
-_NETWORK_DOC = """
-    0.2's positional order, then keyword-only options::
-
-        (name, rabbit_user=None, rabbit_password=None, mesh_encryption_key=None,
-         tx_routing_key=None, rx_routing_key=None,
-         snoop_spy_encryption_key=None, snoop_trace_encryption_key=None, *, ...)
-
-    Credentials and keys default to the environment / ``.env``: RABBIT_USER,
-    RABBIT_PASSWORD, MESH_ENCRYPTION_KEY, SNOOP_SPY_ENCRYPTION_KEY,
-    SNOOP_TRACE_ENCRYPTION_KEY (the snoop keys default to the mesh key).
-
-    name: unique per chart on the mesh.
-    mesh_encryption_key: Fernet key of the mesh (str or bytes; a list rotates keys).
-    tx_routing_key: topic key put on what this chart transmits.
-    rx_routing_key: topic pattern (``*``, ``#``) of what it receives; None
-        means the same as ``tx_routing_key`` (0.2's rule), or ``#`` (everything)
-        when neither is given. A routing key must be a str that is not an
-        encryption key: it travels in clear on every message.
-    snoop_spy_encryption_key, snoop_trace_encryption_key: the snoop networks'
-        keys (``spy_snoop_encryption_key`` / ``trace_snoop_encryption_key``, the
-        names of some 0.2 releases, still work with a DeprecationWarning).
-
-    Keyword-only options:
-
-    peers: broker addresses to publish to besides the local one (``host``,
-        ``host:port`` or ``amqp://`` URLs). Default (None): discovery finds them
-        (the hosts file ``.miros_rabbitmq_hosts.json``, the LAN, aliens; see
-        docs/discovery.md); ``start_at`` never waits for it.
-    serializer: ``PICKLE`` (default: any picklable payload) or ``JSON`` (plain
-        data only, never runs code on load) or your own ``Serializer``.
-    ttl: refuse messages older than this many seconds (replay window,
-        default 60; None: any age).
-    max_buffer: messages kept per peer until its broker confirms them
-        (default 10 000); beyond it new messages are dropped and reported.
-    max_message_bytes: larger incoming messages are dropped (default 16 MiB).
-    on_overflow: ``callback(peer_url, dropped_so_far)`` when a peer's buffer is full.
-    rabbit_host, rabbit_port: the local broker (default RABBIT_HOST or
-        127.0.0.1, RABBIT_PORT or 5672).
-    lan_discovery: find peers on the LAN (default: MIROS_RABBITMQ_LAN_DISCOVERY, on).
-    discovery: a ``miros_rabbitmq.discovery.discovery.DiscoveryConfig`` (or a dict of its
-        fields): files, timeouts, networks scanned (with ``peers=None``).
-    lan_cache_file: where the LAN cache lives (default
-        ``.miros_rabbitmq_lan_cache.json`` in the working folder).
-    instrumented: (NetworkedActiveObject) as for miros's ActiveObject.
-"""
 
 
 _KeyArg = str | bytes | Sequence[str | bytes] | None
@@ -403,7 +358,52 @@ def _network_arguments(
 
 
 class NetworkedActiveObject(_Networked, ActiveObject):
-    __doc__ = "A miros ActiveObject whose events travel over RabbitMQ.\n" + _NETWORK_DOC
+    """A miros ActiveObject whose events travel over RabbitMQ.
+
+    0.2's positional order, then keyword-only options::
+
+        (name, rabbit_user=None, rabbit_password=None, mesh_encryption_key=None,
+         tx_routing_key=None, rx_routing_key=None,
+         snoop_spy_encryption_key=None, snoop_trace_encryption_key=None, *, ...)
+
+    Credentials and keys default to the environment / ``.env``: RABBIT_USER,
+    RABBIT_PASSWORD, MESH_ENCRYPTION_KEY, SNOOP_SPY_ENCRYPTION_KEY,
+    SNOOP_TRACE_ENCRYPTION_KEY (the snoop keys default to the mesh key).
+
+    name: unique per chart on the mesh.
+    mesh_encryption_key: Fernet key of the mesh (str or bytes; a list rotates keys).
+    tx_routing_key: topic key put on what this chart transmits.
+    rx_routing_key: topic pattern (``*``, ``#``) of what it receives; None
+        means the same as ``tx_routing_key`` (0.2's rule), or ``#`` (everything)
+        when neither is given. A routing key must be a str that is not an
+        encryption key: it travels in clear on every message.
+    snoop_spy_encryption_key, snoop_trace_encryption_key: the snoop networks'
+        keys (``spy_snoop_encryption_key`` / ``trace_snoop_encryption_key``, the
+        names of some 0.2 releases, still work with a DeprecationWarning).
+
+    Keyword-only options:
+
+    peers: broker addresses to publish to besides the local one (``host``,
+        ``host:port`` or ``amqp://`` URLs). Default (None): discovery finds them
+        (the hosts file ``.miros_rabbitmq_hosts.json``, the LAN, aliens; see
+        docs/discovery.md); ``start_at`` never waits for it.
+    serializer: ``PICKLE`` (default: any picklable payload) or ``JSON`` (plain
+        data only, never runs code on load) or your own ``Serializer``.
+    ttl: refuse messages older than this many seconds (replay window,
+        default 60; None: any age).
+    max_buffer: messages kept per peer until its broker confirms them
+        (default 10 000); beyond it new messages are dropped and reported.
+    max_message_bytes: larger incoming messages are dropped (default 16 MiB).
+    on_overflow: ``callback(peer_url, dropped_so_far)`` when a peer's buffer is full.
+    rabbit_host, rabbit_port: the local broker (default RABBIT_HOST or
+        127.0.0.1, RABBIT_PORT or 5672).
+    lan_discovery: find peers on the LAN (default: MIROS_RABBITMQ_LAN_DISCOVERY, on).
+    discovery: a ``miros_rabbitmq.discovery.discovery.DiscoveryConfig`` (or a dict of its
+        fields): files, timeouts, networks scanned (with ``peers=None``).
+    lan_cache_file: where the LAN cache lives (default
+        ``.miros_rabbitmq_lan_cache.json`` in the working folder).
+    instrumented: (NetworkedActiveObject) as for miros's ActiveObject.
+    """
 
     def __init__(
         self,
@@ -431,8 +431,12 @@ class NetworkedActiveObject(_Networked, ActiveObject):
 
 
 class NetworkedFactory(_Networked, Factory):
-    __doc__ = ("A miros Factory (create/catch/nest) whose events travel over RabbitMQ.\n"
-               + _NETWORK_DOC)
+    """A miros Factory (create/catch/nest) whose events travel over RabbitMQ.
+
+    It takes the arguments of :class:`NetworkedActiveObject` (0.2's positional
+    order, then keyword-only options), except ``instrumented``: a Factory
+    chart is always instrumented.
+    """
 
     def __init__(
         self,
