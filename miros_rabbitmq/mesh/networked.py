@@ -35,7 +35,8 @@ from miros_rabbitmq.wire.codec import (
     make_event,
 )
 
-__all__ = ["NetworkedActiveObject", "NetworkedFactory", "HOSTS_FILE", "read_hosts_file"]
+__all__ = ["NetworkedActiveObject", "NetworkedFactory", "HOSTS_FILE", "check_routing_key",
+           "read_hosts_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -303,7 +304,7 @@ def _looks_like_fernet_key(text: str) -> bool:
         return False
 
 
-def _checked_routing_key(value: Any, argument: str) -> Any:
+def check_routing_key(value: Any, argument: str) -> Any:
     """``value`` if it is a usable routing key (or pattern); a clear error otherwise.
 
     A routing key travels in clear on every message, so a value that is a
@@ -347,11 +348,11 @@ def _network_arguments(
             if value is not None:
                 options[new] = value
     if tx_routing_key is not None:
-        _checked_routing_key(tx_routing_key, "tx_routing_key")
+        check_routing_key(tx_routing_key, "tx_routing_key")
         if not isinstance(tx_routing_key, str):
             raise ConfigurationError("tx_routing_key must be one str, not a list")
     if rx_routing_key is not None:
-        _checked_routing_key(rx_routing_key, "rx_routing_key")
+        check_routing_key(rx_routing_key, "rx_routing_key")
     elif tx_routing_key is not None:
         rx_routing_key = tx_routing_key  # 0.2's rule: no rx key means the tx key
     return tx_routing_key, rx_routing_key

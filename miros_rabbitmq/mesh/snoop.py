@@ -301,7 +301,9 @@ class SnoopListener:
 
     ``write``: where lines go (default: stdout through :data:`PRINTER`);
     ``grep``: only records of charts whose name contains one of these;
-    ``local_identities``: sender identities printed as local (blue).
+    ``local_identities``: sender identities printed as local (blue);
+    ``render``: ``render(record, network, local) -> line`` instead of
+    :func:`format_record` (``miros-rabbitmq snoop --json``).
     """
 
     def __init__(
@@ -315,6 +317,7 @@ class SnoopListener:
         write: Callable[[str], None] | None = None,
         grep: Iterable[str] = (),
         local_identities: Iterable[str] = (),
+        render: Callable[[SnoopRecord, str, bool], str] | None = None,
     ) -> None:
         if network not in NETWORKS:
             raise ValueError(f"not a snoop network: {network!r}")
@@ -326,6 +329,7 @@ class SnoopListener:
         self.write = write
         self.grep = tuple(grep)
         self.local_identities: set[str] = set(local_identities)
+        self.render = render
         self.drops = DropCounter(f"snoop-{network}")
         self.received = 0
         self.printed = 0
@@ -383,7 +387,8 @@ class SnoopListener:
         for record in _records(envelope.payload):
             if self.grep and not any(word in record.name for word in self.grep):
                 continue
-            line = format_record(record, self.network, local=local, color=self.color)
+            line = (self.render(record, self.network, local) if self.render is not None
+                    else format_record(record, self.network, local=local, color=self.color))
             if PRINTER.offer(line, self.write):
                 self.printed += 1
             else:
