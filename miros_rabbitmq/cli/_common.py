@@ -46,9 +46,11 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
-def use_color(no_color: bool = False) -> bool:
-    """Colour only for a terminal, and never with --no-color or NO_COLOR set."""
-    return not no_color and not os.environ.get("NO_COLOR") and sys.stdout.isatty()
+def use_color(choice: bool | None = None) -> bool:
+    """``--color`` / ``--no-color`` when given; else colour only for a terminal without NO_COLOR."""
+    if choice is not None:
+        return choice
+    return not os.environ.get("NO_COLOR") and sys.stdout.isatty()
 
 
 def load(ctx: Context, **overrides: Any) -> Settings:

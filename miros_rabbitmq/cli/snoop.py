@@ -39,8 +39,9 @@ def json_line(record: object, network: str, local: bool) -> str:
 @click.command()
 @click.option("--trace", "want_trace", is_flag=True, help="The snoop trace network.")
 @click.option("--spy", "want_spy", is_flag=True, help="The snoop spy network.")
-@click.option("--no-color", is_flag=True,
-              help="Plain text (the default when stdout is not a terminal, or NO_COLOR is set).")
+@click.option("--color/--no-color", "color_choice", default=None,
+              help="Force colour, or plain text (default: colour on a terminal only, none "
+                   "when NO_COLOR is set).")
 @click.option("--grep", "names", multiple=True, metavar="NAME",
               help="Only charts whose name contains NAME (repeatable).")
 @click.option("--duration", type=click.FloatRange(0, None), default=None,
@@ -53,7 +54,7 @@ def json_line(record: object, network: str, local: bool) -> str:
 @click.option("--connect-timeout", default=5.0, show_default=True,
               type=click.FloatRange(0.1, 120), help="Seconds to wait for the broker.")
 @click.pass_obj
-def snoop(ctx: Context, want_trace: bool, want_spy: bool, no_color: bool,
+def snoop(ctx: Context, want_trace: bool, want_spy: bool, color_choice: bool | None,
           names: tuple[str, ...], duration: float | None, count: int | None, once: bool,
           as_json: bool, connect_timeout: float) -> None:
     """Print the live trace/spy of every chart on the mesh (Ctrl-C to stop).
@@ -70,7 +71,7 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, no_color: bool,
     networks = [n for n, wanted in ((snooping.TRACE, want_trace), (snooping.SPY, want_spy))
                 if wanted] or [snooping.TRACE, snooping.SPY]
     limit = 1 if once else count
-    color = use_color(no_color) and not as_json
+    color = use_color(color_choice) and not as_json
     address = BrokerAddress(settings.rabbit_host, settings.rabbit_port, settings.rabbit_vhost,
                             settings.rabbit_user, settings.rabbit_password)
     stop = threading.Event()
