@@ -2,7 +2,8 @@
 
 Every module of the source tree must import from the installed wheel (a
 subpackage left out of the wheel fails here), and the console script runs.
-Needs PyPI (or a pip cache) for the dependencies, as a user's install does.
+Needs PyPI (or a pip cache) for the dependencies, as a user's install does,
+and the local broker for the demo the installed command runs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import venv
 
 import pytest
-from cli_process import REPO
+from cli_process import REPO, SETTING_VARIABLES
 
 from miros_rabbitmq import __version__
 
@@ -32,6 +33,7 @@ def source_modules() -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.broker
 def test_wheel_installs_in_a_fresh_venv_with_every_module(tmp_path) -> None:
     dist = tmp_path / "dist"
     built = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist),
@@ -46,7 +48,8 @@ def test_wheel_installs_in_a_fresh_venv_with_every_module(tmp_path) -> None:
                                 "--disable-pip-version-check", str(wheels[0])],
                                capture_output=True, text=True, timeout=600)
     assert installed.returncode == 0, installed.stderr[-3000:]
-    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("PYTHONPATH", "VIRTUAL_ENV", *SETTING_VARIABLES)}
     modules = source_modules()
     check = ("import importlib, os, sys\n"
              f"site = {str(env_dir)!r}\n"
@@ -68,3 +71,9 @@ def test_wheel_installs_in_a_fresh_venv_with_every_module(tmp_path) -> None:
                               "print(m.get_all('Classifier'))"],
                              cwd=str(tmp_path), env=clean, capture_output=True, text=True)
     assert "MIT" in licence.stdout and "Python :: 3.11" in licence.stdout
+    # the demo runs from the installed wheel (charts in child processes, local broker)
+    demo = subprocess.run([str(env_dir / "bin" / "miros-rabbitmq"), "demo", "--laps", "1",
+                           "--nodes", "2"], cwd=str(tmp_path), env=clean, capture_output=True,
+                          text=True, timeout=120)
+    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
+    assert "lost 0" in demo.stdout
