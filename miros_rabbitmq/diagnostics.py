@@ -18,12 +18,11 @@ from dataclasses import asdict, dataclass
 
 from miros_rabbitmq.config import Secret, Settings, load_settings
 from miros_rabbitmq.errors import ConfigurationError, EnvContractBroken, Error
+from miros_rabbitmq.wire.names import DEFAULT_HEARTBEAT, HOSTS_FILE, LAN_CACHE_FILE
 
 __all__ = ["BrokerProbe", "Check", "doctor_checks", "find_env_file", "lan_cache_problem",
            "mask_keys", "probe_broker", "key_problems"]
 
-HOSTS_FILE = ".miros_rabbitmq_hosts.json"
-LAN_CACHE_FILE = ".miros_rabbitmq_lan_cache.json"
 KEY_VARIABLES = ("MESH_ENCRYPTION_KEY", "SNOOP_TRACE_ENCRYPTION_KEY", "SNOOP_SPY_ENCRYPTION_KEY")
 
 
@@ -36,13 +35,18 @@ def find_env_file(env_file: str | None) -> str | None:
     return find_dotenv(usecwd=True) or None
 
 
-def key_problems(settings: Settings) -> list[tuple[str, str]]:
-    """``(variable, reason)`` for each key setting that is not a usable Fernet key."""
+def key_problems(settings: Settings, *, mesh: bool = True) -> list[tuple[str, str]]:
+    """``(variable, reason)`` for each key setting that is not a usable Fernet key.
+
+    ``mesh=False``: the mesh key is not checked (a snoop listener needs the snoop keys only).
+    """
     from miros_rabbitmq.wire.codec import Codec
 
     problems = []
     for variable, keys in zip(KEY_VARIABLES, (settings.mesh_keys, settings.snoop_trace_keys,
                                               settings.snoop_spy_keys), strict=True):
+        if variable == "MESH_ENCRYPTION_KEY" and not mesh:
+            continue
         try:
             Codec(keys)
         except ConfigurationError as error:
@@ -58,6 +62,7 @@ class BrokerProbe:
     reachable: bool
     reason: str
     elapsed: float
+    auth_refused: bool = False
 
 
 def probe_broker(host: str, port: int, user: str, password: Secret, *, vhost: str = "/",
@@ -77,7 +82,7 @@ def probe_broker(host: str, port: int, user: str, password: Secret, *, vhost: st
         reason = error.strerror or type(error).__name__
         return BrokerProbe(False, False, f"cannot connect to {host}:{port} ({reason})",
                            time.monotonic() - started)
-    link = BrokerLink(BrokerAddress(host, port, vhost, user, password), heartbeat=30,
+    link = BrokerLink(BrokerAddress(host, port, vhost, user, password), heartbeat=DEFAULT_HEARTBEAT,
                       max_buffer=16)
     try:
         deadline = started + timeout
@@ -88,7 +93,8 @@ def probe_broker(host: str, port: int, user: str, password: Secret, *, vhost: st
             return BrokerProbe(True, True, f"{link.address.url} accepts user {user!r}",
                                time.monotonic() - started)
         reason = link.last_error or f"no AMQP answer within {timeout:.0f} s"
-        return BrokerProbe(False, True, reason, time.monotonic() - started)
+        return BrokerProbe(False, True, reason, time.monotonic() - started,
+                           auth_refused=link.auth_failed.is_set())
     finally:
         link.close(flush_timeout=0, timeout=3.0)
 
@@ -103,6 +109,16 @@ class Check:
     fix: str = ""
 
 
+def _is_fernet_key(key: Secret) -> bool:
+    from miros_rabbitmq.wire.codec import Codec
+
+    try:
+        Codec([key])
+    except ConfigurationError:
+        return False
+    return True
+
+
 def mask_keys(keys: tuple[Secret, ...]) -> str:
     count = len(keys)
     return f"{count} key{'s' if count != 1 else ''} (******)"
@@ -112,9 +128,8 @@ def doctor_checks(env_file: str | None, *, hosts_file: str = HOSTS_FILE,
                   lan_cache_file: str = LAN_CACHE_FILE) -> list[Check]:
     """Every check of ``miros-rabbitmq doctor``, in order: .env, settings, keys, broker,
     hosts file, LAN cache. Never raises for a problem it finds: it becomes a Check."""
-    from miros_rabbitmq.mesh.networked import read_hosts_file
+    from miros_rabbitmq.discovery.hosts_file import read_hosts
     from miros_rabbitmq.transport import parse_peer
-    from miros_rabbitmq.wire.codec import Codec
 
     checks: list[Check] = []
     in_env = [name for name in ("RABBIT_USER", "RABBIT_PASSWORD", "MESH_ENCRYPTION_KEY")
@@ -142,7 +157,7 @@ def doctor_checks(env_file: str | None, *, hosts_file: str = HOSTS_FILE,
     try:
         settings = load_settings(dotenv_path=path if path else "")
     except EnvContractBroken as error:
-        checks.append(Check("settings", "fail", str(error).split(": put")[0],
+        checks.append(Check("settings", "fail", f"{error.variable} is not set",
                             f"add {error.variable}=... to {path or '.env'}"
                             + (" (make a key with `miros-rabbitmq keygen`)"
                                if error.variable.endswith("KEY") else "")))
@@ -155,10 +170,10 @@ def doctor_checks(env_file: str | None, *, hosts_file: str = HOSTS_FILE,
         for variable, keys in (("MESH_ENCRYPTION_KEY", settings.mesh_keys),
                                ("SNOOP_TRACE_ENCRYPTION_KEY", settings.snoop_trace_keys),
                                ("SNOOP_SPY_ENCRYPTION_KEY", settings.snoop_spy_keys)):
-            try:
-                Codec(keys)
-            except ConfigurationError as error:
-                checks.append(Check("keys", "fail", f"{variable}: {error}".split(" (32")[0],
+            bad_keys = [index for index, key in enumerate(keys, 1) if not _is_fernet_key(key)]
+            if bad_keys or not keys:
+                checks.append(Check("keys", "fail", f"{variable}: encryption key "
+                                    f"#{bad_keys[0] if bad_keys else 1} is not a Fernet key",
                                     f"replace {variable} with the output of "
                                     "`miros-rabbitmq keygen` (on every machine of the mesh)"))
             else:
@@ -175,7 +190,7 @@ def doctor_checks(env_file: str | None, *, hosts_file: str = HOSTS_FILE,
             checks.append(Check("broker", "fail", f"broker unreachable: {probe.reason}",
                                 "start RabbitMQ (e.g. `sudo systemctl start rabbitmq-server`) "
                                 f"or set RABBIT_HOST/RABBIT_PORT (now {where})"))
-        elif "credentials" in probe.reason:
+        elif probe.auth_refused:
             checks.append(Check("broker", "fail",
                                 f"wrong credentials: the broker at {where} refused user "
                                 f"{settings.rabbit_user!r} with this password",
@@ -192,7 +207,7 @@ def doctor_checks(env_file: str | None, *, hosts_file: str = HOSTS_FILE,
                             "`miros-rabbitmq hosts add HOST`)"))
     else:
         try:
-            hosts = read_hosts_file(hosts_path)
+            hosts = read_hosts(hosts_path)
         except ConfigurationError as error:
             checks.append(Check("hosts file", "fail", str(error),
                                 f"fix the JSON, or delete {hosts_path} and use "

@@ -13,9 +13,10 @@ from rich.console import Console
 from miros_rabbitmq.config import Settings, load_settings
 from miros_rabbitmq.diagnostics import find_env_file, key_problems
 from miros_rabbitmq.errors import ConfigurationError, EnvContractBroken
+from miros_rabbitmq.wire.names import HOSTS_FILE, LAN_CACHE_FILE
 
-HOSTS_FILE = ".miros_rabbitmq_hosts.json"
-LAN_CACHE_FILE = ".miros_rabbitmq_lan_cache.json"
+__all__ = ["EXIT_PROBLEM", "EXIT_UNUSABLE", "HOSTS_FILE", "LAN_CACHE_FILE", "CliError",
+           "Context", "check_keys", "console", "fail", "load", "use_color"]
 EXIT_PROBLEM = 1
 EXIT_UNUSABLE = 2
 
@@ -64,7 +65,7 @@ def load(ctx: Context, **overrides: Any) -> Settings:
         fail(f"{error}{hint}", EXIT_UNUSABLE)
 
 
-def check_keys(settings: Settings) -> None:
-    """Exit 2 naming the first key setting that is not a Fernet key."""
-    for variable, reason in key_problems(settings):
+def check_keys(settings: Settings, *, mesh: bool = True) -> None:
+    """Exit 2 naming the first key setting that is not a Fernet key (``mesh=False``: snoop keys only)."""
+    for variable, reason in key_problems(settings, mesh=mesh):
         fail(f"{variable}: {reason}", EXIT_UNUSABLE)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from miros_rabbitmq.config import Secret, Settings
+from miros_rabbitmq.discovery.hosts_file import read_hosts
 from miros_rabbitmq.errors import ConfigurationError, Error
 
 __all__ = ["HostsFileError", "add_hosts", "edit_hosts", "list_hosts", "remove_hosts",
@@ -29,12 +30,12 @@ def _store(path: str) -> Any:
     return LockedJsonFile(path, {"hosts": []}, mode=0o600)
 
 
-def _hosts_of(document: Any, path: str) -> list[str]:
-    hosts = document.get("hosts", []) if isinstance(document, dict) else None
-    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
-        raise HostsFileError(f"{path} is not a hosts file: expected "
-                             "{\"hosts\": [\"192.168.1.75\", ...]}; fix or delete it")
-    return list(hosts)
+def _read(path: str) -> list[str]:
+    """The hosts, by the one parser discovery uses (discovery.hosts_file)."""
+    try:
+        return read_hosts(path)
+    except ConfigurationError as error:
+        raise HostsFileError(f"{error}; fix or delete it") from None
 
 
 def validate_host(entry: str) -> str:
@@ -58,12 +59,9 @@ def edit_hosts(path: str, change: Callable[[list[str]], list[str]], *,
     store = _store(path)
     try:
         with store.locked_for(timeout):
-            size = os.path.getsize(path) if os.path.exists(path) else 0
+            current = _read(path)
             contents = store.read()
-            if contents.repaired and size > 0:
-                raise HostsFileError(f"{path} is not a hosts file (not valid JSON); "
-                                     "fix or delete it")
-            hosts = change(_hosts_of(contents.dict, path))
+            hosts = change(current)
             document = dict(contents.dict) if not contents.repaired else {}
             document["hosts"] = hosts
             store.write(document)
@@ -114,8 +112,7 @@ def list_hosts(path: str, *, timeout: float = 10.0) -> list[str] | None:
     store = _store(path)
     try:
         with store.locked_for(timeout, shared=True):
-            size = os.path.getsize(path)
-            contents = store.read()
+            return _read(path)
     except TimeoutError:
         raise HostsFileError(f"{path} stays locked by another process "
                              f"(waited {timeout:g} s)") from None
@@ -123,6 +120,3 @@ def list_hosts(path: str, *, timeout: float = 10.0) -> list[str] | None:
         raise HostsFileError(f"cannot read {path}: {error.strerror or error}") from None
     finally:
         store.close()
-    if contents.repaired and size > 0:
-        raise HostsFileError(f"{path} is not a hosts file (not valid JSON); fix or delete it")
-    return _hosts_of(contents.dict, path)
