@@ -15,8 +15,10 @@ import socket
 import stat
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from miros_rabbitmq.config import Secret, Settings, load_settings
+from miros_rabbitmq.config import find_env_file as config_find_env_file
 from miros_rabbitmq.errors import ConfigurationError, EnvContractBroken, Error
 from miros_rabbitmq.wire.names import DEFAULT_HEARTBEAT, HOSTS_FILE, LAN_CACHE_FILE
 
@@ -30,9 +32,7 @@ def find_env_file(env_file: str | None) -> str | None:
     """The .env that load_settings would read (None when there is none)."""
     if env_file:
         return env_file if os.path.exists(env_file) else None
-    from dotenv import find_dotenv
-
-    return find_dotenv(usecwd=True) or None
+    return config_find_env_file()
 
 
 def key_problems(settings: Settings, *, mesh: bool = True) -> list[tuple[str, str]]:
@@ -66,7 +66,7 @@ class BrokerProbe:
 
 
 def probe_broker(host: str, port: int, user: str, password: Secret, *, vhost: str = "/",
-                 timeout: float = 5.0) -> BrokerProbe:
+                 timeout: float = 5.0, tls: Any = None) -> BrokerProbe:
     """Can we reach the broker, and does it accept the credentials?
 
     A plain TCP connect first (a quick, clear answer for a closed port), then
@@ -82,8 +82,8 @@ def probe_broker(host: str, port: int, user: str, password: Secret, *, vhost: st
         reason = error.strerror or type(error).__name__
         return BrokerProbe(False, False, f"cannot connect to {host}:{port} ({reason})",
                            time.monotonic() - started)
-    link = BrokerLink(BrokerAddress(host, port, vhost, user, password), heartbeat=DEFAULT_HEARTBEAT,
-                      max_buffer=16)
+    link = BrokerLink(BrokerAddress(host, port, vhost, user, password, tls),
+                      heartbeat=DEFAULT_HEARTBEAT, max_buffer=16)
     try:
         deadline = started + timeout
         while not link.connected.wait(0.05):
@@ -107,6 +107,23 @@ class Check:
     status: str  # "ok", "warn", "fail"
     detail: str
     fix: str = ""
+
+
+def _scout_check(settings: Settings) -> Check:
+    """The scout account (docs/security.md): present, and able to log in here?"""
+    if not settings.scout_user or settings.scout_password is None:
+        how = "TLS" if settings.rabbit_tls else "RABBIT_USER's login in plain AMQP"
+        return Check("scout account", "ok", f"none: scouts log in with {how} (set SCOUT_USER/"
+                      "SCOUT_PASSWORD to keep RABBIT_PASSWORD from strangers; docs/security.md)")
+    probe = probe_broker(settings.rabbit_host, settings.rabbit_port, settings.scout_user,
+                         settings.scout_password, vhost=settings.rabbit_vhost,
+                         tls=settings.tls_config if settings.rabbit_tls else None)
+    if probe.ok:
+        return Check("scout account", "ok", f"SCOUT_USER={settings.scout_user} logs in")
+    return Check("scout account", "fail", f"SCOUT_USER={settings.scout_user}: {probe.reason}",
+                 f"rabbitmqctl add_user {settings.scout_user} '<SCOUT_PASSWORD>' && rabbitmqctl "
+                 f"set_permissions -p / {settings.scout_user} '^$' "
+                 "'^miros\\.scout\\.exchange$' '^$'")
 
 
 def _is_fernet_key(key: Secret) -> bool:
@@ -181,8 +198,9 @@ def doctor_checks(env_file: str | None, *, hosts_file: str = HOSTS_FILE,
                 checks.append(Check("keys", "ok", f"{variable}: " + (
                     "defaults to the mesh key" if same else f"{mask_keys(keys)}, valid Fernet")))
     if settings is not None:
+        tls = settings.tls_config if settings.rabbit_tls else None
         probe = probe_broker(settings.rabbit_host, settings.rabbit_port, settings.rabbit_user,
-                             settings.rabbit_password, vhost=settings.rabbit_vhost)
+                             settings.rabbit_password, vhost=settings.rabbit_vhost, tls=tls)
         where = f"{settings.rabbit_host}:{settings.rabbit_port}"
         if probe.ok:
             checks.append(Check("broker", "ok", f"{probe.reason} ({probe.elapsed * 1000:.0f} ms)"))
@@ -201,6 +219,8 @@ def doctor_checks(env_file: str | None, *, hosts_file: str = HOSTS_FILE,
         else:
             checks.append(Check("broker", "fail", f"broker at {where}: {probe.reason}",
                                 "is it RabbitMQ (AMQP 0-9-1) on that port?"))
+    if settings is not None:
+        checks.append(_scout_check(settings))
     hosts_path = hosts_file
     if not os.path.exists(hosts_path):
         checks.append(Check("hosts file", "ok", f"no {hosts_path} (optional: "

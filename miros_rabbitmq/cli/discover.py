@@ -10,7 +10,9 @@ from rich.table import Table
 from rich.text import Text
 
 from miros_rabbitmq.cli._common import EXIT_UNUSABLE, HOSTS_FILE, Context, check_keys, fail, load
+from miros_rabbitmq.config import mask_url
 from miros_rabbitmq.errors import ConfigurationError
+from miros_rabbitmq.terminal import printable
 
 
 @click.command()
@@ -51,13 +53,14 @@ def discover(ctx: Context, network: str | None, hosts_file: str | None, timeout:
         try:
             reports = discover_once(
                 network=network, hosts_file=hosts_file, timeout=timeout, settings=settings,
-                progress=lambda report: bar.update(task, advance=1, last=report.address))
+                progress=lambda report: bar.update(task, advance=1,
+                                                   last=printable(mask_url(report.address))))
         except ConfigurationError as error:
             fail(str(error), EXIT_UNUSABLE)
     if as_json:
         click.echo(json.dumps({
             "found": sum(r.found for r in reports), "scouted": len(reports),
-            "peers": [{"address": r.address, "found": r.found, "state": r.state,
+            "peers": [{"address": mask_url(r.address), "found": r.found, "state": r.state,
                        "reason": r.reason, "elapsed_ms": round(r.elapsed * 1000, 1)}
                       for r in reports]}))
     if not reports:
@@ -70,9 +73,11 @@ def discover(ctx: Context, network: str | None, hosts_file: str | None, timeout:
     table.add_column("state")
     table.add_column("answer in", justify="right")
     for report in reports:
+        # a URL's password is never shown; texts from the network are escaped
         state = Text("mesh node (key proven)", style="green") if report.found else Text(
-            f"{report.state}: {report.reason or 'no answer'}", style="dim")
-        table.add_row(report.address, state, f"{report.elapsed * 1000:.0f} ms")
+            printable(f"{report.state}: {report.reason or 'no answer'}"), style="dim")
+        table.add_row(Text(printable(mask_url(report.address))), state,
+                      f"{report.elapsed * 1000:.0f} ms")
     ctx.console.print(table)
 
 

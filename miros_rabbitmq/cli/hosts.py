@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import click
 
 from miros_rabbitmq.cli._common import EXIT_UNUSABLE, HOSTS_FILE, fail
+from miros_rabbitmq.config import mask_url
 from miros_rabbitmq.discovery.hosts_editing import (
     HostsFileError,
     add_hosts,
@@ -18,6 +19,7 @@ from miros_rabbitmq.discovery.hosts_editing import (
     remove_hosts,
 )
 from miros_rabbitmq.errors import Error
+from miros_rabbitmq.terminal import printable
 
 
 @contextmanager
@@ -86,8 +88,8 @@ def hosts_list(click_ctx: click.Context) -> None:
     if entries is None:
         click.echo(f"no hosts file at {path}", err=True)
         return
-    for entry in entries:
-        click.echo(entry)
+    for entry in entries:  # a shared file: no password shown, no control character obeyed
+        click.echo(printable(mask_url(entry)))
     if not entries:
         click.echo(f"{path}: no hosts", err=True)
 

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from miros_rabbitmq.cli._common import fail
+from miros_rabbitmq.terminal import printable
 
 
 @click.command()
@@ -39,8 +40,9 @@ def sequence(logfile: Any, svg_out: str | None, mermaid_out: str | None,
             except OSError as error:
                 fail(f"cannot write {out}: {error.strerror or error}")
             click.echo(f"wrote {out}", err=True)
-    if not quiet:
-        click.echo(render_text(trace), nl=False)
+    if not quiet:  # chart names come from the network: escaped, line by line
+        click.echo("\n".join(printable(line) for line in render_text(trace).split("\n")),
+                   nl=False)
 
 
 command = sequence

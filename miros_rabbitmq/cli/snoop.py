@@ -64,7 +64,7 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, color_choice: bool | N
     come within --duration.
     """
     from miros_rabbitmq.mesh import snoop as snooping
-    from miros_rabbitmq.transport import BrokerAddress
+    from miros_rabbitmq.transport import local_broker
 
     settings = load(ctx, require_mesh_key=False)  # the snoop keys are enough
     check_keys(settings, mesh=False)
@@ -72,8 +72,7 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, color_choice: bool | N
                 if wanted] or [snooping.TRACE, snooping.SPY]
     limit = 1 if once else count
     color = use_color(color_choice) and not as_json
-    address = BrokerAddress(settings.rabbit_host, settings.rabbit_port, settings.rabbit_vhost,
-                            settings.rabbit_user, settings.rabbit_password)
+    address = local_broker(settings)
     stop = threading.Event()
     printed = 0
 
