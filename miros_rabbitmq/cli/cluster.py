@@ -220,3 +220,6 @@ def status_command(node: str | None, ctl: str) -> None:
     for link in links:
         click.echo(f"{link.get('upstream')} {link.get('exchange')} {link.get('status')} "
                    f"{link.get('error') or ''}".rstrip())
+
+
+command = cluster  # what miros_rabbitmq.cli.COMMANDS imports
