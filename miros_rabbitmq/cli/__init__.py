@@ -121,20 +121,17 @@ class BrokerProbe:
 
 
 def _scout_check(settings: Settings) -> Any:
-    """The scout account (docs/security.md): present, and able to log in here?"""
-    if not settings.scout_user or settings.scout_password is None:
-        how = "TLS" if settings.rabbit_tls else "RABBIT_USER's login in plain AMQP"
-        return Check("scout account", "ok", f"none: scouts log in with {how} (set SCOUT_USER/"
-                      "SCOUT_PASSWORD to keep RABBIT_PASSWORD from strangers; docs/security.md)")
-    probe = probe_broker(settings.rabbit_host, settings.rabbit_port, settings.scout_user,
-                         settings.scout_password, vhost=settings.rabbit_vhost,
-                         tls=settings.tls_config if settings.rabbit_tls else None)
-    if probe.ok:
-        return Check("scout account", "ok", f"SCOUT_USER={settings.scout_user} logs in")
-    return Check("scout account", "fail", f"SCOUT_USER={settings.scout_user}: {probe.reason}",
-                 f"rabbitmqctl add_user {settings.scout_user} '<SCOUT_PASSWORD>' && rabbitmqctl "
-                 f"set_permissions -p / {settings.scout_user} '^$' "
-                 "'^miros\\.scout\\.exchange$' '^$'")
+    """The scout account (docs/security.md): may scouts log in here and publish a challenge?"""
+    from miros_rabbitmq.mesh.challenge import check_scout_account, scout_account_commands
+
+    verdict, detail = check_scout_account(settings)
+    if verdict is None:
+        return Check("scout account", "warn", detail,
+                     "unset MIROS_RABBITMQ_SCOUT_WITH_RABBIT_LOGIN and create the scout account "
+                     "on every broker: " + scout_account_commands(settings.scout_user))
+    if verdict:
+        return Check("scout account", "ok", detail)
+    return Check("scout account", "fail", detail, scout_account_commands(settings.scout_user))
 
 
 def probe_broker(host: str, port: int, user: str, password: Secret, *, vhost: str = "/",
@@ -218,11 +215,20 @@ SNOOP_SPY_ENCRYPTION_KEY={spy}
 
 SCOUT_TEMPLATE = """\
 # The scout account: scouts log in with it until a node proves our mesh key, so
-# RABBIT_PASSWORD never goes to a stranger. Create it on every broker of the mesh:
+# RABBIT_PASSWORD never goes to a stranger (without these two lines: the
+# well-known miros_scout account). Create it on every broker of the mesh:
 #   rabbitmqctl add_user {user} '<SCOUT_PASSWORD below>'
 #   rabbitmqctl set_permissions -p / {user} '^$' '^miros\\.scout\\.exchange$' '^$'
 SCOUT_USER={quser}
 SCOUT_PASSWORD={password}
+"""
+
+DEFAULT_SCOUT_TEMPLATE = """\
+# Scouts log in with the well-known scout account miros_scout until a node proves
+# our mesh key, so RABBIT_PASSWORD never goes to a stranger. Create it on every
+# broker of the mesh (`miros-rabbitmq doctor` checks it):
+#   rabbitmqctl add_user miros_scout 'miros_scout'
+#   rabbitmqctl set_permissions -p / miros_scout '^$' '^miros\\.scout\\.exchange$' '^$'
 """
 
 
@@ -297,7 +303,7 @@ def init(ctx: Context, path: str, force: bool, user: str, password: str | None,
     password = _read_password(password, password_stdin)
     if any(c in value for value in (user, password, host, scout_user or "") for c in "\n\r"):
         fail("--user, --password and --host must be one line each", EXIT_UNUSABLE)
-    scout = ""
+    scout = DEFAULT_SCOUT_TEMPLATE
     if scout_user:
         if not all(c.isalnum() or c in "._-" for c in scout_user):
             fail("--scout-account: letters, digits, '.', '_' and '-' only", EXIT_UNUSABLE)
@@ -314,9 +320,8 @@ def init(ctx: Context, path: str, force: bool, user: str, password: str | None,
         fail(f"cannot write {path}: {error.strerror or error}")
     click.echo(f"wrote {os.path.abspath(path)} (mode 0600, fresh keys; copy it to every "
                "machine of your mesh)")
-    if scout_user:
-        click.echo(f"create the scout account {scout_user} on every broker of the mesh: see "
-                   f"the commands in {path} (docs/security.md)")
+    click.echo(f"create the scout account {scout_user or 'miros_scout'} on every broker of the "
+               f"mesh: see the commands in {path} (docs/security.md)")
 
 
 # --------------------------------------------------------------------------- demo
