@@ -487,8 +487,8 @@ def _doctor_checks(env_file: str | None) -> list[Check]:
         else:
             checks.append(Check("broker", "fail", f"broker at {where}: {probe.reason}",
                                 "is it RabbitMQ (AMQP 0-9-1) on that port?"))
-    if settings is not None:
-        checks.append(_scout_check(settings))
+    if settings is not None and checks[-1].name == "broker" and checks[-1].status == "ok":
+        checks.append(_scout_check(settings))  # a scout of a broker that answers
     hosts_path = HOSTS_FILE
     if not os.path.exists(hosts_path):
         checks.append(Check("hosts file", "ok", f"no {hosts_path} (optional: "

@@ -272,6 +272,7 @@ class ScoutCredentials:
     def __init__(self, settings: Settings | None = None, *, own_login: bool = False) -> None:
         self.settings = settings if settings is not None else load_settings()
         self.own_login = own_login
+        self._warn_refused = True  # off for doctor, which reports the refusal itself
         self.identity = f"scout.{uuid.uuid4().hex[:12]}"
         self._keyring = _keyring(self.settings.mesh_keys)
 
@@ -319,7 +320,8 @@ class ScoutCredentials:
 
         def done(result: ProbeResult) -> None:
             if result.outcome is ProbeOutcome.AUTH_REFUSED:
-                _warn_scout_refused(address.hostport, user)
+                if self._warn_refused:
+                    _warn_scout_refused(address.hostport, user)
                 result = replace(result, outcome=ProbeOutcome.SCOUT_REFUSED,
                                  reason=f"the broker refused the scout account {user!r} "
                                         f"(create it there: {scout_account_commands(user)})")
@@ -373,6 +375,7 @@ def check_scout_account(settings: Settings, *, timeout: float = 3.0) -> tuple[bo
     except Exception:  # bad keys (reported elsewhere): the login is what is checked here
         credentials = ScoutCredentials(replace(settings, mesh_keys=(
             Secret(Fernet.generate_key()),)))
+    credentials._warn_refused = False
     done: list[ProbeResult] = []
     finished = threading.Event()
 
