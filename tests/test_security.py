@@ -968,3 +968,13 @@ def test_doctor_checks_the_default_scout_account(bare_node, tls_node, tmp_path) 
             assert "refused the scout account 'miros_scout'" in done.stdout, done.stdout
             assert "rabbitmqctl add_user miros_scout 'miros_scout'" in done.stdout
             assert REAL_PASSWORD not in done.stdout + done.stderr
+
+
+def test_init_names_the_default_scout_account(tmp_path) -> None:
+    done = _cli(tmp_path, "init")
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / ".env").read_text()
+    assert "rabbitmqctl add_user miros_scout 'miros_scout'" in text
+    assert "miros_scout" in done.stdout
+    settings = load_settings(dotenv_path=str(tmp_path / ".env"), environ={})
+    assert settings.scout_user == "miros_scout" and not settings.scout_with_rabbit_login
