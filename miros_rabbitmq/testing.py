@@ -410,7 +410,9 @@ _OWNED_NAME = re.compile(r"[A-Za-z]+-(\d+)-")
 
 def _owner_is_gone(name: str) -> bool:
     m = _OWNED_NAME.match(name)
-    return bool(m) and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1)))
+    if m is None:
+        return False
+    return int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1)))
 
 
 def cleanup_stray_nodes() -> list[str]:

@@ -196,8 +196,8 @@ _resolved: dict[str, tuple[float, str]] = {}
 
 def _canonical_ip(host: str, *, resolve: bool = True) -> str | None:
     try:
-        ip = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM,
-                                flags=socket.AI_NUMERICHOST)[0][4][0]
+        ip = str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_NUMERICHOST)[0][4][0])
     except (OSError, UnicodeError):  # a name, not an address
         now = time.monotonic()
         cached = _resolved.get(host)
@@ -207,7 +207,7 @@ def _canonical_ip(host: str, *, resolve: bool = True) -> str | None:
             return None
         else:
             try:
-                ip = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
+                ip = str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0])
             except (OSError, UnicodeError):
                 return host.lower()
             if len(_resolved) >= _RESOLVED_MAX:
