@@ -28,6 +28,8 @@ from miros_rabbitmq.wire.names import (
     DEFAULT_CONNECTION_ATTEMPTS,
     DEFAULT_HEARTBEAT,
     DEFAULT_PORT,
+    DEFAULT_SCOUT_PASSWORD,
+    DEFAULT_SCOUT_USER,
     DEFAULT_TLS_PORT,
 )
 
@@ -37,6 +39,8 @@ __all__ = ["Secret", "Settings", "TlsConfig", "find_env_file", "load_settings", 
 logger = logging.getLogger(__name__)
 
 ENV_FILE_MAX_BYTES = 1 << 20  # a .env is a few lines; anything bigger is not one
+#: the opt-out: scouts log in with RABBIT_USER's login, as 0.2 did (unsafe on an untrusted LAN)
+SCOUT_WITH_RABBIT_LOGIN = "MIROS_RABBITMQ_SCOUT_WITH_RABBIT_LOGIN"
 
 
 class Secret:
@@ -176,10 +180,13 @@ class Settings:
     #: TLS to the local broker (``RABBIT_TLS``); ``tls_config`` also serves amqps:// peers
     rabbit_tls: bool = False
     tls_config: TlsConfig = field(default_factory=TlsConfig)
-    #: the low-privilege account scouts log in with (``SCOUT_USER`` / ``SCOUT_PASSWORD``);
-    #: None: scouts use ``rabbit_user`` (see docs/security.md)
-    scout_user: str | None = None
-    scout_password: Secret | None = None
+    #: the low-privilege account scouts log in with (``SCOUT_USER`` / ``SCOUT_PASSWORD``;
+    #: default the well-known ``miros_scout`` account, see docs/security.md)
+    scout_user: str = DEFAULT_SCOUT_USER
+    scout_password: Secret = field(default_factory=lambda: Secret(DEFAULT_SCOUT_PASSWORD))
+    #: ``MIROS_RABBITMQ_SCOUT_WITH_RABBIT_LOGIN=1``: scouts log in with ``rabbit_user``
+    #: as 0.2 did (the real login goes to every neighbour: unsafe on an untrusted LAN)
+    scout_with_rabbit_login: bool = False
 
 
 def _lookup(name: str, env: Mapping[str, str | None], dotenv: Mapping[str, str | None]) -> str | None:
@@ -265,6 +272,10 @@ def load_settings(
     raw_scout_password = _lookup("SCOUT_PASSWORD", env, dotenv)
     if scout_user and not raw_scout_password:
         raise EnvContractBroken("SCOUT_PASSWORD", "SCOUT_USER is set")
+    with_rabbit_login = _flag(_lookup(SCOUT_WITH_RABBIT_LOGIN, env, dotenv), False)
+    if with_rabbit_login and (scout_user or raw_scout_password):
+        raise ConfigurationError(f"{SCOUT_WITH_RABBIT_LOGIN}=1 and SCOUT_USER/SCOUT_PASSWORD "
+                                 "contradict each other: keep one")
     port = rabbit_port if rabbit_port is not None else _integer(
         "RABBIT_PORT", _lookup("RABBIT_PORT", env, dotenv),
         DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
@@ -287,8 +298,9 @@ def load_settings(
         rabbit_cluster=_cluster(rabbit_cluster, _lookup("RABBIT_CLUSTER", env, dotenv)),
         rabbit_tls=tls,
         tls_config=tls_config,
-        scout_user=scout_user or None,
-        scout_password=Secret(raw_scout_password) if scout_user and raw_scout_password else None,
+        scout_user=scout_user or DEFAULT_SCOUT_USER,
+        scout_password=Secret(raw_scout_password or DEFAULT_SCOUT_PASSWORD),
+        scout_with_rabbit_login=with_rabbit_login,
     )
 
 
