@@ -12,6 +12,7 @@ __all__ = [
     "AMQPConsumerCheckPayload",
     "CacheReadPayload",
     "CacheWritePayload",
+    "ChartPeerPayload",
     "ConnectionDiscoveryPayload",
     "RecceCompletePayload",
     "ProducerQueue",
@@ -36,6 +37,23 @@ class CacheReadPayload(NamedTuple):
 class CacheWritePayload(NamedTuple):
     json: dict[str, Any]
     file_name: str
+
+
+class ChartPeerPayload(NamedTuple):
+    """Cluster mode's ``PEER_JOINED`` / ``PEER_LEFT``: the chart that joined or left.
+
+    ``name``: its chart name; ``identity``: its sender identity (name plus a
+    random suffix, unique per incarnation); ``host``, ``pid``: where it runs;
+    ``reason``: ``"start"`` (it just started) or ``"alive"`` (it was running
+    already) for ``PEER_JOINED``, ``"stop"`` (it stopped) or ``"silent"`` (no
+    presence line for a few intervals) for ``PEER_LEFT``.
+    """
+
+    name: str
+    identity: str
+    host: str
+    pid: int
+    reason: str
 
 
 class ConnectionDiscoveryPayload(NamedTuple):

@@ -334,3 +334,150 @@ def test_snoop_trace_works_unchanged_in_cluster_mode(
         **plain_env(key, **extra), "RABBIT_CLUSTER": cluster, "RABBIT_PORT": "1"})
     nodes, _ = test_snoop.run_three_nodes(Fernet.generate_key().decode(), [])  # they saw each other
     assert len(nodes) == 3
+
+
+# --------------------------------------------------------------------------- membership
+
+
+def _membership_recorder(news: list[Any]) -> Any:
+    @spy_on
+    def watching(chart: Any, e: Event) -> Any:
+        if e.signal_name in ("PEER_JOINED", "PEER_LEFT"):
+            news.append((e.signal_name, e.payload))
+            return return_status.HANDLED
+        chart.temp.fun = chart.top
+        return return_status.SUPER
+    return watching
+
+
+@pytest.mark.allow_threads("cluster-worker-", "miros-rabbitmq-io-")
+@pytest.mark.timeout(300)
+def test_cluster_charts_get_peer_joined_and_peer_left_for_charts(
+        rabbit_cluster: RabbitCluster, mesh_env: dict[str, str]) -> None:  # noqa: F811
+    """PEER_JOINED / PEER_LEFT name the charts of the cluster, at the default presence interval:
+    a chart of this process, the charts of a process that starts and stops, and of one killed."""
+    rabbit_cluster.heal()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RABBIT_")}
+    env.update({k: v for k, v in mesh_env.items() if k != "RABBIT_PORT"},
+               RABBIT_CLUSTER=",".join(rabbit_cluster.rotated(1)))
+    env.pop("MIROS_RABBITMQ_PRESENCE_INTERVAL", None)  # the product's default
+    news_a: list[Any] = []
+    news_b: list[Any] = []
+    a = NetworkedActiveObject("member_a", brokers=rabbit_cluster.urls)
+    b = NetworkedActiveObject("member_b", brokers=rabbit_cluster.rotated(2))
+    workers: list[Worker] = []
+
+    def seen(news: list[Any], signal_name: str, name: str) -> list[Any]:
+        return [p for s, p in list(news) if s == signal_name and p.name == name]
+
+    try:
+        a.start_at(_membership_recorder(news_a))
+        b.start_at(_membership_recorder(news_b))
+        # two charts of one process (one presence consumer for both): each hears the other
+        wait_for(lambda: seen(news_a, "PEER_JOINED", "member_b") and
+                 seen(news_b, "PEER_JOINED", "member_a"), 20, 0.05, "a and b meet")
+        assert not seen(news_a, "PEER_JOINED", "member_a")  # never about itself
+        joined = seen(news_a, "PEER_JOINED", "member_b")[0]
+        assert (joined.identity, joined.pid) == (b.nets.identity, os.getpid())
+
+        # a process with 4 charts starts, then stops: "start", then "stop"
+        workers.append(Worker(7, env))
+        workers[0].expect("READY")
+        names = [f"p7c{i}" for i in range(CHARTS)]
+        wait_for(lambda: all(seen(news_a, "PEER_JOINED", n) for n in names), 20, 0.05,
+                 "PEER_JOINED for the worker's charts")
+        assert all(seen(news_b, "PEER_JOINED", n) for n in names)
+        assert {seen(news_a, "PEER_JOINED", n)[0].reason for n in names} == {"start"}
+        pid = workers[0].proc.pid
+        assert {seen(news_a, "PEER_JOINED", n)[0].pid for n in names} == {pid}
+        workers[0].send("QUIT")
+        workers[0].expect("STOPPED")
+        wait_for(lambda: all(seen(news_a, "PEER_LEFT", n) for n in names), 20, 0.05,
+                 "PEER_LEFT for the worker's charts")
+        assert {seen(news_a, "PEER_LEFT", n)[0].reason for n in names} == {"stop"}
+
+        # a process killed: silent for a few presence intervals (2 s), then PEER_LEFT
+        workers.append(Worker(8, env))
+        workers[1].expect("READY")
+        wait_for(lambda: seen(news_a, "PEER_JOINED", "p8c0"), 20, 0.05, "p8c0 joined")
+        workers[1].proc.kill()
+        killed = time.monotonic()
+        wait_for(lambda: seen(news_a, "PEER_LEFT", "p8c0"), 30, 0.1, "p8c0 left, silent")
+        print(f"PEER_LEFT {time.monotonic() - killed:.1f} s after the kill")
+        assert seen(news_a, "PEER_LEFT", "p8c0")[0].reason == "silent"
+        # exactly once each
+        for name in names:
+            assert len(seen(news_a, "PEER_JOINED", name)) == 1
+            assert len(seen(news_a, "PEER_LEFT", name)) == 1
+        b.stop()
+        wait_for(lambda: seen(news_a, "PEER_LEFT", "member_b"), 10, 0.05, "b left")
+    finally:
+        for worker in workers:
+            worker.close()
+        b.stop()
+        a.stop()
+
+
+@pytest.mark.allow_threads("miros-rabbitmq-io-")
+@pytest.mark.timeout(300)
+def test_snoop_list_and_send_commands_use_the_cluster_given_only_rabbit_cluster(
+        rabbit_cluster: RabbitCluster, mesh_env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    """`snoop`, `list`, `send` with RABBIT_CLUSTER and no RABBIT_HOST/PORT; the first listed
+    node is dead, so they get there by failing over, as the charts do."""
+    rabbit_cluster.heal()
+    got: list[Any] = []
+
+    @spy_on
+    def idle(chart: Any, e: Event) -> Any:
+        if e.signal == signals.cli_flip:
+            return chart.trans(busy)
+        if e.signal == signals.cli_poke:
+            got.append(e.payload)
+            return return_status.HANDLED
+        chart.temp.fun = chart.top
+        return return_status.SUPER
+
+    @spy_on
+    def busy(chart: Any, e: Event) -> Any:
+        if e.signal == signals.cli_flip:
+            return chart.trans(idle)
+        chart.temp.fun = idle
+        return return_status.SUPER
+
+    chart = NetworkedActiveObject("cluster_cli_chart", rx_routing_key="cl.cli.#",
+                                  brokers=rabbit_cluster.rotated(2))
+    chart.enable_snoop_trace_no_color()
+    env = clean_env(**{k: v for k, v in mesh_env.items() if k not in ("RABBIT_HOST", "RABBIT_PORT")},
+                    RABBIT_CLUSTER=",".join(["127.0.0.1:1", *rabbit_cluster.urls]))
+    assert "RABBIT_HOST" not in env and "RABBIT_PORT" not in env
+    flipping = threading.Event()
+
+    def flip() -> None:  # trace lines for snoop to print
+        while not flipping.wait(0.2):
+            chart.post_fifo(Event(signal=signals.cli_flip))
+
+    flipper = threading.Thread(target=flip, name="cluster-cli-flip", daemon=True)
+    try:
+        chart.start_at(idle)
+        flipper.start()
+        snooped = run_cli(["snoop", "--trace", "--count", "1", "--duration", "30", "--json"],
+                          cwd=str(tmp_path), env=env)
+        assert snooped.returncode == 0, snooped.stderr
+        assert json.loads(snooped.stdout.splitlines()[0])["chart"] == "cluster_cli_chart"
+        listed = run_cli(["list", "--json", "--wait", "3"], cwd=str(tmp_path), env=env)
+        assert listed.returncode == 0, listed.stderr
+        rows = {row["name"]: row for row in map(json.loads, listed.stdout.splitlines())}
+        assert rows["cluster_cli_chart"]["pid"] == os.getpid()
+        sent = run_cli(["send", "cli_poke", '"hello"', "--tx", "cl.cli.x"], cwd=str(tmp_path),
+                       env=env)
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: got == ["hello"], 20, 0.05, "the sent event at the cluster chart")
+        refused = run_cli(["send", "cli_poke", "--tx", "cl.cli.x", "--peer", "n9"],
+                          cwd=str(tmp_path), env=env)
+        assert refused.returncode != 0 and "exclude each other" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    finally:
+        flipping.set()
+        if flipper.is_alive():
+            flipper.join(5)
+        chart.stop()

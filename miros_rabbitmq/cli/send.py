@@ -2,7 +2,8 @@
 
 As ``ros2 topic pub`` or ``nameko shell`` let people poke a running system:
 the event reaches every chart whose ``rx_routing_key`` matches ``--tx``, on
-the local broker and on the brokers given with ``--peer``, exactly as if a
+the local broker and on the brokers given with ``--peer`` (in cluster mode,
+``RABBIT_CLUSTER`` in .env: into the cluster, no ``--peer``), exactly as if a
 chart had transmitted it. The command waits until each broker confirmed it.
 """
 
@@ -15,6 +16,7 @@ import uuid
 import click
 
 from miros_rabbitmq.cli._common import EXIT_UNUSABLE, Context, check_keys, fail, load
+from miros_rabbitmq.errors import Error
 
 
 @click.command()
@@ -51,11 +53,14 @@ def send(ctx: Context, signal_name: str, payload_json: str | None, tx_routing_ke
         check_routing_key(tx_routing_key, "--tx")
     except Exception as error:  # ConfigurationError: a key is never put on the wire
         fail(str(error), EXIT_UNUSABLE)
-    nets = MirosNets(name=f"miros-rabbitmq-send-{uuid.uuid4().hex[:8]}", settings=settings,
-                     tx_routing_key=tx_routing_key,
-                     rx_routing_key=f"miros-rabbitmq.send.{uuid.uuid4().hex}",  # hears nothing
-                     deliver=lambda envelope: True, peers=peers,
-                     serializer=JSON if serializer == "json" else PICKLE)
+    try:  # in cluster mode (RABBIT_CLUSTER) one link to the cluster, with failover
+        nets = MirosNets(name=f"miros-rabbitmq-send-{uuid.uuid4().hex[:8]}", settings=settings,
+                         tx_routing_key=tx_routing_key,
+                         rx_routing_key=f"miros-rabbitmq.send.{uuid.uuid4().hex}",  # hears nothing
+                         deliver=lambda envelope: True, peers=peers,
+                         serializer=JSON if serializer == "json" else PICKLE)
+    except Error as error:  # --peer with a cluster, a bad address: no password in the text
+        fail(str(error), EXIT_UNUSABLE)
     try:
         try:
             nets.start(timeout=timeout)

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from miros_rabbitmq.cli._common import Context, check_keys, fail, load, use_color
+from miros_rabbitmq.errors import Error
 
 _STAMPED = re.compile(r"^\[(?P<time>[^\]]+)\] \[(?P<chart>[^\]]*)\] ?(?P<text>.*)$")
 
@@ -68,7 +69,7 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, color_choice: bool | N
     come within --duration.
     """
     from miros_rabbitmq.mesh import snoop as snooping
-    from miros_rabbitmq.transport import local_broker
+    from miros_rabbitmq.transport import process_brokers
 
     settings = load(ctx, require_mesh_key=False)  # the snoop keys are enough
     check_keys(settings, mesh=False)
@@ -76,7 +77,10 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, color_choice: bool | N
                 if wanted] or [snooping.TRACE, snooping.SPY]
     limit = 1 if once else count
     color = use_color(color_choice) and not as_json
-    address = local_broker(settings)
+    try:
+        address, alternates = process_brokers(settings)  # the cluster, with failover
+    except Error as bad:  # a bad RABBIT_CLUSTER entry (the text shows no password)
+        fail(str(bad))
     recorder = _recorder(record_file)
     stop = threading.Event()
     printed = 0
@@ -100,7 +104,7 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, color_choice: bool | N
     listeners = [snooping.SnoopListener(
         address, network,
         settings.snoop_trace_keys if network == snooping.TRACE else settings.snoop_spy_keys,
-        color=color, heartbeat=settings.heartbeat, grep=names, write=write,
+        color=color, heartbeat=settings.heartbeat, grep=names, write=write, alternates=alternates,
         render=json_line if as_json else None,
         tap=recorder.write if recorder is not None else None) for network in networks]
     try:
@@ -118,7 +122,8 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, color_choice: bool | N
                     fail(f"cannot listen at {address.url}: "
                          f"{error or f'no answer within {connect_timeout:g} s'}")
         what = " and ".join(n.replace("snoop_", "") for n in networks)
-        click.echo(f"snooping on {what} at {address.url}"
+        at = listeners[0].link.address.url if listeners[0].link is not None else address.url
+        click.echo(f"snooping on {what} at {at}"
                    + (f" (charts matching {', '.join(names)})" if names else "")
                    + (f" for {duration:g} s" if duration is not None else "; Ctrl-C to stop"),
                    err=True)

@@ -21,7 +21,7 @@ from miros_rabbitmq._miros import QUEUE_SIZE, chart_queue, install_queue, make_e
 from miros_rabbitmq.config import Settings, load_settings
 from miros_rabbitmq.discovery.hosts_file import read_hosts
 from miros_rabbitmq.errors import ConfigurationError
-from miros_rabbitmq.mesh import presence, snoop
+from miros_rabbitmq.mesh import membership, presence, snoop
 from miros_rabbitmq.mesh.causation import CausalDeque, Context, tag
 from miros_rabbitmq.mesh.nets import DEFAULT_MAX_BLOCK, DEFAULT_STOP_FLUSH, MirosNets
 from miros_rabbitmq.transport import DEFAULT_MAX_BYTES, DROP_NEW
@@ -183,6 +183,8 @@ class _Networked:
 
             self._discovery = Discovery.attach(self, self._discovery_config)
         super().start_at(initial_state)  # type: ignore[misc]
+        if self.nets.cluster:  # charts joining / leaving the cluster: PEER_JOINED / PEER_LEFT
+            membership.join(self)
         presence.announce(self)  # "start", then a presence line every few seconds
 
     def stop(self) -> None:
@@ -195,6 +197,8 @@ class _Networked:
         """
         snoop.detach(self)  # publish the snoop lines still queued, stop printing
         presence.retire(self)  # "stop"
+        if self.nets.cluster:
+            membership.leave(self)
         if self._discovery is not None:
             from miros_rabbitmq.discovery.discovery import Discovery
 

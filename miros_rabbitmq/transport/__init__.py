@@ -28,6 +28,7 @@ from miros_rabbitmq.transport.address import (
     local_addresses,
     local_broker,
     parse_peer,
+    process_brokers,
     ssl_options,
 )
 from miros_rabbitmq.transport.consumer import Consumer
@@ -75,6 +76,7 @@ __all__ = [
     "flush_all",
     "local_addresses",
     "local_broker",
+    "process_brokers",
     "on_io_thread",
     "parse_peer",
     "probe",

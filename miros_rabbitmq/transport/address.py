@@ -19,7 +19,8 @@ from miros_rabbitmq.config import Secret, Settings, TlsConfig, mask_url
 from miros_rabbitmq.errors import PeerAddressError
 from miros_rabbitmq.wire.names import DEFAULT_TLS_PORT
 
-__all__ = ["BrokerAddress", "local_addresses", "local_broker", "parse_peer", "ssl_options"]
+__all__ = ["BrokerAddress", "local_addresses", "local_broker", "parse_peer", "process_brokers",
+           "ssl_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,21 @@ def local_broker(settings: Settings) -> BrokerAddress:
     return BrokerAddress(settings.rabbit_host, settings.rabbit_port, settings.rabbit_vhost,
                          settings.rabbit_user, settings.rabbit_password,
                          settings.tls_config if settings.rabbit_tls else None)
+
+
+def process_brokers(settings: Settings) -> tuple[BrokerAddress, tuple[BrokerAddress, ...]]:
+    """This process's broker, as its charts reach it: ``(first, alternates)``.
+
+    Mesh mode: the local broker and no alternates. Cluster mode
+    (``RABBIT_CLUSTER``): the first listed node and the others, for a link
+    that fails over (``LINKS.acquire(first, alternates=...)``). Tools that
+    join the exchanges without being a chart (snoop, list, view) use this.
+    Raises :class:`PeerAddressError` for a bad ``RABBIT_CLUSTER`` entry.
+    """
+    if settings.rabbit_cluster:
+        nodes = tuple(parse_peer(entry, settings) for entry in settings.rabbit_cluster)
+        return nodes[0], nodes[1:]
+    return local_broker(settings), ()
 
 
 def _shown(text: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 from miros_rabbitmq.config import Settings
 from miros_rabbitmq.errors import Error
 from miros_rabbitmq.mesh import snoop as snooping
-from miros_rabbitmq.transport import local_broker
+from miros_rabbitmq.transport import process_brokers
 
 __all__ = ["listen", "ListenError"]
 
@@ -27,11 +27,16 @@ def listen(settings: Settings, tap: Callable[[str, Any], None], *,
     Returns once all consume; raises :class:`ListenError` (listeners stopped)
     when the broker does not answer within ``timeout`` or refuses us.
     """
-    address = local_broker(settings)  # TLS and all, as the charts reach it
+    # TLS and all, as the charts reach it; in cluster mode the cluster, with failover
+    try:
+        address, alternates = process_brokers(settings)
+    except Error as bad:  # a bad RABBIT_CLUSTER entry (the text shows no password)
+        raise ListenError(str(bad)) from None
     listeners = [snooping.SnoopListener(
         address, network,
         settings.snoop_trace_keys if network == snooping.TRACE else settings.snoop_spy_keys,
-        heartbeat=settings.heartbeat, tap=tap, quiet=True) for network in networks]
+        heartbeat=settings.heartbeat, tap=tap, quiet=True, alternates=alternates)
+        for network in networks]
     try:
         for listener in listeners:
             listener.start(timeout=0)
