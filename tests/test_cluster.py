@@ -371,8 +371,13 @@ def test_cluster_charts_get_peer_joined_and_peer_left_for_charts(
         return [p for s, p in list(news) if s == signal_name and p.name == name]
 
     try:
+        # b subscribes: news of other processes reach it through the miros fabric
+        b.subscribe(Event(signal=signals.PEER_JOINED))
+        b.subscribe(Event(signal=signals.PEER_LEFT))
         a.start_at(_membership_recorder(news_a))
         b.start_at(_membership_recorder(news_b))
+        from miros_rabbitmq._miros import subscribed
+        assert subscribed(b, "PEER_JOINED") and not subscribed(a, "PEER_JOINED")
         # two charts of one process (one presence consumer for both): each hears the other
         wait_for(lambda: seen(news_a, "PEER_JOINED", "member_b") and
                  seen(news_b, "PEER_JOINED", "member_a"), 20, 0.05, "a and b meet")
@@ -407,8 +412,11 @@ def test_cluster_charts_get_peer_joined_and_peer_left_for_charts(
         assert seen(news_a, "PEER_LEFT", "p8c0")[0].reason == "silent"
         # exactly once each
         for name in names:
-            assert len(seen(news_a, "PEER_JOINED", name)) == 1
-            assert len(seen(news_a, "PEER_LEFT", name)) == 1
+            for news in (news_a, news_b):
+                assert len(seen(news, "PEER_JOINED", name)) == 1
+                assert len(seen(news, "PEER_LEFT", name)) == 1
+        assert len(seen(news_b, "PEER_JOINED", "member_a")) == 1
+        assert not seen(news_b, "PEER_JOINED", "member_b")
         b.stop()
         wait_for(lambda: seen(news_a, "PEER_LEFT", "member_b"), 10, 0.05, "b left")
     finally:

@@ -64,9 +64,9 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, color_choice: bool | N
           as_json: bool, connect_timeout: float, record_file: str | None) -> None:
     """Print the live trace/spy of every chart on the mesh (Ctrl-C to stop).
 
-    Joins the snoop networks of the local broker without being a chart. With
-    neither --trace nor --spy, both. Exit code 1 when --count lines did not
-    come within --duration.
+    Joins the snoop networks of the local broker (or the cluster: RABBIT_CLUSTER)
+    without being a chart. With neither --trace nor --spy, both. Exit code 1
+    when --count lines did not come within --duration.
     """
     from miros_rabbitmq.mesh import snoop as snooping
     from miros_rabbitmq.transport import process_brokers
