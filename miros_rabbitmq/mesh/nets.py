@@ -277,7 +277,12 @@ class MirosNets:
         return complete
 
     def stop_consuming(self) -> None:
-        """Cancel our consumers, keeping their queues (stop() deletes them)."""
+        """Cancel our consumers, keeping their queues (stop() deletes them).
+
+        The chart's thread can then end on what it was given, with no more
+        deliveries; :meth:`stop` deletes the queues afterwards (each consumer
+        remembers its queue; the link deletes it on a channel of its own).
+        """
         if self.local_link is None:
             return
         for consumer in [self.consumer, *self._local_consumers]:

@@ -143,7 +143,12 @@ class Consumer:
                                  callback=on_exchange)
 
     def cancel(self, *, delete_queue: bool, done: threading.Event) -> None:
-        """Stop consuming (acking what was taken), delete the queue if asked, close the channel."""
+        """Stop consuming (acking what was taken), delete the queue if asked, close the channel.
+
+        ``self.queue`` keeps the queue's name after this (and after
+        :meth:`detach`): the link deletes a queue whose consumer has no channel
+        any more on a channel of its own (see ``BrokerLink.remove_consumer``).
+        """
         channel = self._channel
         if channel is None or not channel.is_open:
             self.detach()

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pika
+import pika.exceptions
 
 from miros_rabbitmq.transport._pika_glue import (
     PERSISTENT,
@@ -284,6 +285,11 @@ class BrokerLink:
 
     def remove_consumer(self, consumer: Consumer, *, delete_queue: bool = True,
                         timeout: float = 2.0) -> None:
+        """Stop ``consumer`` and, with ``delete_queue``, delete its queue (bounded wait).
+
+        Also deletes the queue of a consumer removed before with
+        ``delete_queue=False``: it remembers its queue.
+        """
         done = threading.Event()
         self.call_soon(lambda: self._remove_consumer(consumer, delete_queue, done))
         if threading.current_thread() is not self._thread:
@@ -649,7 +655,44 @@ class BrokerLink:
     def _remove_consumer(self, consumer: Consumer, delete_queue: bool, done: threading.Event) -> None:
         if consumer in self._consumers:
             self._consumers.remove(consumer)
-        consumer.cancel(delete_queue=delete_queue, done=done)
+        channel = consumer.channel
+        if channel is not None and channel.is_open:
+            consumer.cancel(delete_queue=delete_queue, done=done)
+            return
+        # no channel: cancelled before (a chart stops consuming before its thread
+        # ends, and deletes its queues only then), or its channel failed. The
+        # queue it remembers is deleted all the same, on a channel of its own:
+        # a durable queue left behind would wait for x-expires.
+        consumer.detach()
+        if delete_queue and consumer.queue:
+            self._delete_queue(consumer.queue, done)
+        else:
+            done.set()
+
+    def _delete_queue(self, queue: str, done: threading.Event) -> None:
+        """Delete ``queue`` on a short-lived channel; ``done`` is set when that channel closes."""
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            # exclusive queues go with the connection; durable ones expire (x-expires)
+            logger.debug("%s: not connected; queue %s left to expire", self.address, queue)
+            done.set()
+            return
+
+        def on_closed(_channel: Any, reason: BaseException) -> None:
+            if not isinstance(reason, pika.exceptions.ChannelClosedByClient):
+                logger.warning("could not delete queue %s on %s: %s", queue, self.address,
+                               describe_error(reason))
+            done.set()
+
+        def on_open(channel: Any) -> None:
+            channel.add_on_close_callback(on_closed)
+            channel.queue_delete(queue, callback=lambda _frame: channel.close())
+
+        try:
+            connection.channel(on_open_callback=on_open)
+        except Exception as error:  # the connection is going: as if not connected
+            logger.debug("%s: queue %s left to expire (%s)", self.address, queue, error)
+            done.set()
 
     def _shutdown(self) -> None:
         if self._reconnect_timer is not None:
