@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pika
 import pytest
-from cryptography.fernet import Fernet
 import rabbit_nodes as rn
+from cryptography.fernet import Fernet
 from netlab import VirtualLan, list_netns
 from prereq import need_command, need_rabbitmq_server
 from rabbit_nodes import RabbitNode

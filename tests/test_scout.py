@@ -11,7 +11,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -298,8 +297,9 @@ def dark_namespace() -> Iterator[str]:
     10.250.77.5: on a veth subnet where nobody answers ARP, so packets to it
     vanish (a host that drops them); 10.250.78.9: a blackhole route.
     """
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 to build a network namespace")
+    from prereq import need_netns
+
+    need_netns()
     name = f"mrscout{os.getpid() % 100000}"
 
     def ip(*args: str) -> None:
@@ -308,7 +308,9 @@ def dark_namespace() -> Iterator[str]:
     try:
         ip("netns", "add", name)
     except subprocess.CalledProcessError as error:
-        pytest.skip(f"cannot create a network namespace: {error.stderr.decode().strip()}")
+        from prereq import missing
+
+        missing(f"a network namespace ({error.stderr.decode().strip()})")
     try:
         for command in (
             ["link", "set", "lo", "up"],
