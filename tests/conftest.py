@@ -4,7 +4,7 @@
   ``mesh_env``, ``event_recorder``, ``no_thread_leaks``) are available whether
   or not the package is pip-installed; the project's own machinery
   (``rabbit_node_factory``, ``extra_rabbitmq_node``, ``virtual_lan``) is
-  defined here, on tests/rabbit_nodes.py and tests/netlab.py.
+  defined here, on tests/rabbit_node.py and tests/netlab.py.
 * Every test fails if it leaves threads running (the miros singletons and
   names listed by ``@pytest.mark.allow_threads("regex", ...)`` excepted).
 * A missing prerequisite (root, ``ip netns``, ``rabbitmq-server``, ``ping``,
@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from netlab import VirtualLan
 from prereq import in_ci, missing, need_netns, need_rabbitmq_server, netns_unavailable
-from rabbit_nodes import RabbitNode, stop_nodes
+from rabbit_node import RabbitNode, stop_nodes
 
 import miros_rabbitmq.testing.plugin as user_plugin
 from miros_rabbitmq import testing as mrt

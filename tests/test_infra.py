@@ -1,4 +1,4 @@
-"""The test infrastructure itself: miros_rabbitmq.testing, tests/rabbit_nodes.py, tests/netlab.py."""
+"""The test infrastructure itself: miros_rabbitmq.testing, tests/rabbit_node.py, tests/netlab.py."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pika
 import pytest
-import rabbit_nodes as rn
+import rabbit_node as rn
 from cryptography.fernet import Fernet
 from netlab import VirtualLan, list_netns
 from prereq import need_command, need_rabbitmq_server
-from rabbit_nodes import RabbitNode
+from rabbit_node import RabbitNode
 
 from miros_rabbitmq import testing as mrt
 from miros_rabbitmq.testing import EventRecorder, ThreadWatcher, recording_state, wait_for
