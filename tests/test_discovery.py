@@ -598,10 +598,11 @@ def lan(lan_env) -> Iterator[Any]:
     No node process outlives the test that started it (``lan_nodes``), so the
     LAN tests run alone (``-k``) and in any order.
     """
-    from prereq import need_netns, need_rabbitmq_server
+    from prereq import need_command, need_netns, need_rabbitmq_server
 
     need_netns()
     need_rabbitmq_server()
+    need_command("ping", "iputils-ping")  # LanRecceChart's broadcast ping
     from netlab import VirtualLan
 
     # hosts 1, 2 and 4 keep Linux's default (ignore broadcast pings); host 3 answers them

@@ -108,7 +108,7 @@ def test_the_user_plugin_ships_no_root_or_broker_machinery() -> None:
         assert word not in text, word
     # importable without pytest (a user's production environment)
     code = ("import sys; sys.modules['pytest'] = None; import miros_rabbitmq.testing as t; "
-            "print(sorted(t.__all__))")
+            "import miros_rabbitmq.testing.plugin; print(sorted(t.__all__))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "wait_for" in done.stdout, done.stderr
 

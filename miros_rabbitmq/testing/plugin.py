@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from miros_rabbitmq.testing.env import MESH_ENV_CLEARED, mesh_environment
 from miros_rabbitmq.testing.network import (
     REQUIRE_BROKER_ENV,
@@ -37,47 +35,51 @@ from miros_rabbitmq.testing.waiting import EventRecorder
 
 __all__ = ["event_recorder", "mesh_env", "no_thread_leaks", "rabbitmq_url"]
 
-
-@pytest.fixture(scope="session")
-def rabbitmq_url() -> str:
-    """AMQP URL of the local broker; skips the test when nothing answers there."""
-    url = local_broker_url()
-    if not broker_answers(url, timeout=2.0):
-        if os.environ.get(REQUIRE_BROKER_ENV, "") not in ("", "0"):
-            pytest.fail(f"no AMQP broker answers at {masked_url(url)} and {REQUIRE_BROKER_ENV} is set")
-        pytest.skip(
-            f"no AMQP broker answers at {masked_url(url)} (set {TEST_URL_ENV} or start one)"
-        )
-    return url
+try:
+    import pytest
+except ImportError:  # importable without pytest (it only means something under pytest)
+    pytest = None  # type: ignore[assignment]
 
 
-@pytest.fixture
-def mesh_env(tmp_path: Path, monkeypatch: Any) -> dict[str, str]:
-    """Set the .env variables of a node (fresh keys, LAN discovery off) and chdir to tmp_path.
+if pytest is not None:
 
-    Nothing from an outer ``.env``, hosts file or LAN cache is read: the test runs
-    in an empty folder, and the variables of ``MESH_ENV_CLEARED`` are unset
-    (``RABBIT_HOST`` is set only when ``MIROS_RABBITMQ_TEST_URL`` names another
-    host). Returns the variables set.
-    """
-    for key in MESH_ENV_CLEARED:
-        monkeypatch.delenv(key, raising=False)
-    values = mesh_environment()
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)
-    return values
+    @pytest.fixture(scope="session")
+    def rabbitmq_url() -> str:
+        """AMQP URL of the local broker; skips the test when nothing answers there."""
+        url = local_broker_url()
+        if not broker_answers(url, timeout=2.0):
+            if os.environ.get(REQUIRE_BROKER_ENV, "") not in ("", "0"):
+                pytest.fail(f"no AMQP broker answers at {masked_url(url)} and {REQUIRE_BROKER_ENV} is set")
+            pytest.skip(
+                f"no AMQP broker answers at {masked_url(url)} (set {TEST_URL_ENV} or start one)"
+            )
+        return url
 
+    @pytest.fixture
+    def mesh_env(tmp_path: Path, monkeypatch: Any) -> dict[str, str]:
+        """Set the .env variables of a node (fresh keys, LAN discovery off) and chdir to tmp_path.
 
-@pytest.fixture
-def event_recorder() -> EventRecorder:
-    """A fresh :class:`EventRecorder`."""
-    return EventRecorder()
+        Nothing from an outer ``.env``, hosts file or LAN cache is read: the test runs
+        in an empty folder, and the variables of ``MESH_ENV_CLEARED`` are unset
+        (``RABBIT_HOST`` is set only when ``MIROS_RABBITMQ_TEST_URL`` names another
+        host). Returns the variables set.
+        """
+        for key in MESH_ENV_CLEARED:
+            monkeypatch.delenv(key, raising=False)
+        values = mesh_environment()
+        for key, value in values.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.chdir(tmp_path)
+        return values
 
+    @pytest.fixture
+    def event_recorder() -> EventRecorder:
+        """A fresh :class:`EventRecorder`."""
+        return EventRecorder()
 
-@pytest.fixture
-def no_thread_leaks() -> Iterator[ThreadWatcher]:
-    """Fail the test if threads it started are still running 2 s after it ends."""
-    watcher = ThreadWatcher()
-    yield watcher
-    watcher.check()
+    @pytest.fixture
+    def no_thread_leaks() -> Iterator[ThreadWatcher]:
+        """Fail the test if threads it started are still running 2 s after it ends."""
+        watcher = ThreadWatcher()
+        yield watcher
+        watcher.check()
