@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo   - run the demo (starts RabbitMQ and builds $(VENV) if needed)"
 	@echo "make test   - run the test suite (same set-up)"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - run every script in benchmarks/ (not _helpers.py)"
 	@echo "make clean  - remove $(VENV) and caches"
 
@@ -44,6 +44,7 @@ test: broker os-packages venv
 
 lint: venv
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 bench: broker os-packages venv
 	@shopt -s nullglob; scripts=(); \

@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from dotenv import dotenv_values, find_dotenv
 
 from miros_rabbitmq.errors import ConfigurationError, EnvContractBroken
+from miros_rabbitmq.wire.names import (
+    DEFAULT_CONNECTION_ATTEMPTS,
+    DEFAULT_HEARTBEAT,
+    DEFAULT_PORT,
+)
 
 __all__ = ["Secret", "Settings", "load_settings", "mask_url"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PORT = 5672
-DEFAULT_HEARTBEAT = 30  # seconds; short enough to notice a dead peer
-DEFAULT_CONNECTION_ATTEMPTS = 3
 
 
 class Secret:
@@ -131,11 +132,14 @@ def load_settings(
     lan_discovery: bool | None = None,
     environ: Mapping[str, str] | None = None,
     dotenv_path: str | None = None,
+    require_mesh_key: bool = True,
 ) -> Settings:
     """Build :class:`Settings`; raise :class:`EnvContractBroken` naming what is missing.
 
     The ``.env`` file is read but not copied into ``os.environ``: the library
-    does not change its host process's environment.
+    does not change its host process's environment. ``require_mesh_key=False``
+    (a snoop listener): the mesh key may be missing when both snoop keys are
+    set; ``mesh_keys`` is then empty.
     """
     env: Mapping[str, str | None] = os.environ if environ is None else environ
     path = dotenv_path if dotenv_path is not None else find_dotenv(usecwd=True)
@@ -153,12 +157,15 @@ def load_settings(
         password = Secret(raw_password)
 
     mesh = _keys(mesh_encryption_key) or _keys(_lookup("MESH_ENCRYPTION_KEY", env, dotenv))
-    if not mesh:
-        raise EnvContractBroken("MESH_ENCRYPTION_KEY", "make one with: miros-rabbitmq keygen")
     trace = _keys(snoop_trace_encryption_key) or _keys(
         _lookup("SNOOP_TRACE_ENCRYPTION_KEY", env, dotenv)) or mesh
     spy = _keys(snoop_spy_encryption_key) or _keys(
         _lookup("SNOOP_SPY_ENCRYPTION_KEY", env, dotenv)) or mesh
+    if not mesh and (require_mesh_key or not trace or not spy):
+        missing = "SNOOP_TRACE_ENCRYPTION_KEY" if not require_mesh_key and not trace else (
+            "SNOOP_SPY_ENCRYPTION_KEY" if not require_mesh_key and not spy
+            else "MESH_ENCRYPTION_KEY")
+        raise EnvContractBroken(missing, "make one with: miros-rabbitmq keygen")
 
     port = rabbit_port if rabbit_port is not None else _integer(
         "RABBIT_PORT", _lookup("RABBIT_PORT", env, dotenv), DEFAULT_PORT)

@@ -38,7 +38,13 @@ class PeerAddressError(Error):
 
 
 class BrokerUnreachable(Error):
-    """No TCP connection could be made to a broker."""
+    """Never raised (kept importable: it is public, and ``except BrokerUnreachable``
+    in user code must keep working).
+
+    An unreachable broker is not an error in this library: links retry in the
+    background and buffer meanwhile (``nets.stats()["peers"][url]["connected"]``,
+    ``last_error``), and ``start_at`` logs and carries on.
+    """
 
 
 class BrokerAuthenticationError(Error):

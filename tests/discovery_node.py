@@ -239,7 +239,7 @@ def run_recce(args: argparse.Namespace) -> None:
          my_address=recce.last_result.my_address if recce.last_result else None,
          swept=len(plan.sweep) if plan else None,
          not_swept=[str(n) for n in plan.not_swept] if plan else None,
-         answers={a: [x.result, x.reason] for a, x in recce.answers.items()},
+         answers={a: [x.result, x.reason, x.outcome.value] for a, x in recce.answers.items()},
          searches=recce.searches,
          completed_after=[round(c - started, 4) for c in completions],
          log=handler.lines)

@@ -225,8 +225,8 @@ def test_hosts_bad_input(tmp_path) -> None:
         result = cli(tmp_path, "hosts", *args)
         assert result.returncode == 1, args
         assert last_line(result) == (
-            "Error: .miros_rabbitmq_hosts.json is not a hosts file (not valid JSON); "
-            "fix or delete it")
+            "Error: .miros_rabbitmq_hosts.json is not a hosts file: expected "
+            '{"hosts": ["192.168.1.75", ...]} (not valid JSON); fix or delete it')
     assert path.read_text() == '{"hosts": ['  # never overwritten
     path.write_text('{"hosts": "10.0.0.7"}')
     wrong_shape = cli(tmp_path, "hosts", "add", "10.0.0.8")

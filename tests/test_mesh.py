@@ -414,9 +414,10 @@ def test_passwords_never_show(charts, caplog) -> None:
 def test_chart_queue_keeps_miros_locking_deque_behaviour() -> None:
     from miros.activeobject import LockingDeque
 
-    from miros_rabbitmq.mesh.networked import RESUME_BELOW, _RoomyDeque
+    from miros_rabbitmq._miros import RoomyDeque
+    from miros_rabbitmq.mesh.networked import RESUME_BELOW
 
-    ours, theirs = _RoomyDeque(), LockingDeque()
+    ours, theirs = RoomyDeque(resume_below=RESUME_BELOW), LockingDeque()
     for queue_ in (ours, theirs):
         for item in range(3):
             queue_.append(item)

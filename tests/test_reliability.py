@@ -22,8 +22,8 @@ from miros_rabbitmq import (
     NetworkedActiveObject,
     load_settings,
 )
+from miros_rabbitmq.discovery.hosts_file import read_hosts as read_hosts_file
 from miros_rabbitmq.mesh.nets import MESH_EXCHANGE
-from miros_rabbitmq.mesh.networked import read_hosts_file
 from miros_rabbitmq.testing import wait_for
 from miros_rabbitmq.wire.codec import Codec, Envelope
 
@@ -293,10 +293,13 @@ def test_replays_and_oversized_messages_are_dropped_by_reason(mesh_env) -> None:
     try:
         key = os.environ["MESH_ENCRYPTION_KEY"].encode()
         codec = Codec([key])
-        fresh = codec.encode(Envelope("mesh_hello", "once", "attacker.copy", 7))
-        later = Fernet(key).decrypt(codec.encode(Envelope("mesh_hello", "old", "attacker.copy", 8)))
-        stale = Fernet(key).encrypt_at_time(later, int(time.time()) - 3600)
-        huge = codec.encode(Envelope("mesh_hello", "x" * 20_000, "attacker.copy", 9))
+        fresh = codec.encode(Envelope("mesh_hello", "once", "attacker.copy", 7, epoch=5,
+                                      routing_key="h.tx"))
+        later = Fernet(key).decrypt(codec.encode(
+            Envelope("mesh_hello", "old", "attacker.copy", 8, epoch=5, routing_key="h.tx")))
+        stale = Fernet(key).encrypt_at_time(later, int(time.time()) - 7 * 3600)  # beyond 6 h
+        huge = codec.encode(Envelope("mesh_hello", "x" * 20_000, "attacker.copy", 9, epoch=5,
+                                     routing_key="h.tx"))
         _publish_raw([fresh, fresh, stale, huge], "h.tx")
         wait_for(lambda: receiver.nets.stats()["duplicates"] == 1
                  and sum(receiver.nets.drops.counts.values()) == 2, timeout=5)

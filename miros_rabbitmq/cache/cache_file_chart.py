@@ -69,9 +69,11 @@ from typing import Any
 
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
+from miros_rabbitmq._miros import subscribe_now
 from miros_rabbitmq.cache.locked_json_file import DEFAULT_FILE_MODE, LockedJsonFile, encode_json
 from miros_rabbitmq.errors import ConfigurationError
 from miros_rabbitmq.payloads import CacheReadPayload
+from miros_rabbitmq.wire.names import CACHE_FILE
 
 __all__ = [
     "CacheFileChart",
@@ -84,7 +86,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: File used when ``file_path`` is None (in the working folder), as in the seed.
-DEFAULT_CACHE_FILE = ".miros_rabbitmq_cache.json"
+DEFAULT_CACHE_FILE = CACHE_FILE
 #: Contents of a new cache file when ``default_json`` is None: empty and expired.
 DEFAULT_CACHE_JSON: dict[str, Any] = {"time_out_in_minutes": 0}
 
@@ -296,8 +298,7 @@ class CacheFileChart(ActiveObject):
         # fabric: a CACHE_FILE_READ published as soon as this constructor
         # returns is then seen. (ActiveObject.subscribe would skip it once any
         # other chart of the process has subscribed to the same signal.)
-        for signal_name in ("CACHE_FILE_READ", "CACHE_FILE_WRITE"):
-            self._subscribe(Event(signal=signal_name), "fifo")
+        subscribe_now(self, *("CACHE_FILE_READ", "CACHE_FILE_WRITE"))
 
     # ---------------------------------------------------------------- public
     @classmethod

@@ -34,13 +34,12 @@ from rich.text import Text
 from miros_rabbitmq import __version__
 from miros_rabbitmq.config import Secret, Settings, load_settings
 from miros_rabbitmq.errors import ConfigurationError, EnvContractBroken, Error
+from miros_rabbitmq.wire.names import DEFAULT_HEARTBEAT, HOSTS_FILE, LAN_CACHE_FILE
 
 __all__ = ["cli", "main", "CliError", "probe_broker", "BrokerProbe"]
 
 logger = logging.getLogger(__name__)
 
-HOSTS_FILE = ".miros_rabbitmq_hosts.json"
-LAN_CACHE_FILE = ".miros_rabbitmq_lan_cache.json"
 EXIT_PROBLEM = 1
 EXIT_UNUSABLE = 2
 
@@ -94,12 +93,14 @@ def _load(ctx: Context, **overrides: Any) -> Settings:
         fail(f"{error}{hint}", EXIT_UNUSABLE)
 
 
-def _check_keys(settings: Settings) -> None:
+def _check_keys(settings: Settings, *, mesh: bool = True) -> None:
     from miros_rabbitmq.wire.codec import Codec
 
     for variable, keys in (("MESH_ENCRYPTION_KEY", settings.mesh_keys),
                            ("SNOOP_TRACE_ENCRYPTION_KEY", settings.snoop_trace_keys),
                            ("SNOOP_SPY_ENCRYPTION_KEY", settings.snoop_spy_keys)):
+        if variable == "MESH_ENCRYPTION_KEY" and not mesh:
+            continue
         try:
             Codec(keys)
         except ConfigurationError as error:
@@ -117,6 +118,7 @@ class BrokerProbe:
     reachable: bool
     reason: str
     elapsed: float
+    auth_refused: bool = False
 
 
 def probe_broker(host: str, port: int, user: str, password: Secret, *, vhost: str = "/",
@@ -136,7 +138,7 @@ def probe_broker(host: str, port: int, user: str, password: Secret, *, vhost: st
         reason = error.strerror or type(error).__name__
         return BrokerProbe(False, False, f"cannot connect to {host}:{port} ({reason})",
                            time.monotonic() - started)
-    link = BrokerLink(BrokerAddress(host, port, vhost, user, password), heartbeat=30,
+    link = BrokerLink(BrokerAddress(host, port, vhost, user, password), heartbeat=DEFAULT_HEARTBEAT,
                       max_buffer=16)
     try:
         deadline = started + timeout
@@ -147,7 +149,8 @@ def probe_broker(host: str, port: int, user: str, password: Secret, *, vhost: st
             return BrokerProbe(True, True, f"{link.address.url} accepts user {user!r}",
                                time.monotonic() - started)
         reason = link.last_error or f"no AMQP answer within {timeout:.0f} s"
-        return BrokerProbe(False, True, reason, time.monotonic() - started)
+        return BrokerProbe(False, True, reason, time.monotonic() - started,
+                           auth_refused=link.auth_failed.is_set())
     finally:
         link.close(flush_timeout=0, timeout=3.0)
 
@@ -323,15 +326,24 @@ class Check:
     fix: str = ""
 
 
+def _is_fernet_key(key: Secret) -> bool:
+    from miros_rabbitmq.wire.codec import Codec
+
+    try:
+        Codec([key])
+    except ConfigurationError:
+        return False
+    return True
+
+
 def _mask_keys(keys: tuple[Secret, ...]) -> str:
     count = len(keys)
     return f"{count} key{'s' if count != 1 else ''} (******)"
 
 
 def _doctor_checks(env_file: str | None) -> list[Check]:
-    from miros_rabbitmq.mesh.networked import read_hosts_file
+    from miros_rabbitmq.discovery.hosts_file import read_hosts
     from miros_rabbitmq.transport import parse_peer
-    from miros_rabbitmq.wire.codec import Codec
 
     checks: list[Check] = []
     in_env = [name for name in ("RABBIT_USER", "RABBIT_PASSWORD", "MESH_ENCRYPTION_KEY")
@@ -359,7 +371,7 @@ def _doctor_checks(env_file: str | None) -> list[Check]:
     try:
         settings = load_settings(dotenv_path=path if path else "")
     except EnvContractBroken as error:
-        checks.append(Check("settings", "fail", str(error).split(": put")[0],
+        checks.append(Check("settings", "fail", f"{error.variable} is not set",
                             f"add {error.variable}=... to {path or '.env'}"
                             + (" (make a key with `miros-rabbitmq keygen`)"
                                if error.variable.endswith("KEY") else "")))
@@ -372,10 +384,10 @@ def _doctor_checks(env_file: str | None) -> list[Check]:
         for variable, keys in (("MESH_ENCRYPTION_KEY", settings.mesh_keys),
                                ("SNOOP_TRACE_ENCRYPTION_KEY", settings.snoop_trace_keys),
                                ("SNOOP_SPY_ENCRYPTION_KEY", settings.snoop_spy_keys)):
-            try:
-                Codec(keys)
-            except ConfigurationError as error:
-                checks.append(Check("keys", "fail", f"{variable}: {error}".split(" (32")[0],
+            bad_keys = [index for index, key in enumerate(keys, 1) if not _is_fernet_key(key)]
+            if bad_keys or not keys:
+                checks.append(Check("keys", "fail", f"{variable}: encryption key "
+                                    f"#{bad_keys[0] if bad_keys else 1} is not a Fernet key",
                                     f"replace {variable} with the output of "
                                     "`miros-rabbitmq keygen` (on every machine of the mesh)"))
             else:
@@ -392,7 +404,7 @@ def _doctor_checks(env_file: str | None) -> list[Check]:
             checks.append(Check("broker", "fail", f"broker unreachable: {probe.reason}",
                                 "start RabbitMQ (e.g. `sudo systemctl start rabbitmq-server`) "
                                 f"or set RABBIT_HOST/RABBIT_PORT (now {where})"))
-        elif "credentials" in probe.reason:
+        elif probe.auth_refused:
             checks.append(Check("broker", "fail",
                                 f"wrong credentials: the broker at {where} refused user "
                                 f"{settings.rabbit_user!r} with this password",
@@ -409,7 +421,7 @@ def _doctor_checks(env_file: str | None) -> list[Check]:
                             "`miros-rabbitmq hosts add HOST`)"))
     else:
         try:
-            hosts = read_hosts_file(hosts_path)
+            hosts = read_hosts(hosts_path)
         except ConfigurationError as error:
             checks.append(Check("hosts file", "fail", str(error),
                                 f"fix the JSON, or delete {hosts_path} and use "
@@ -492,12 +504,13 @@ def _hosts_file(path: str) -> Any:
     return LockedJsonFile(path, {"hosts": []}, mode=0o600)
 
 
-def _hosts_of(document: Any, path: str) -> list[str]:
-    hosts = document.get("hosts", []) if isinstance(document, dict) else None
-    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
-        fail(f"{path} is not a hosts file: expected {{\"hosts\": [\"192.168.1.75\", ...]}}; "
-             "fix or delete it")
-    return list(hosts)
+def _read_hosts(path: str) -> list[str]:
+    from miros_rabbitmq.discovery.hosts_file import read_hosts
+
+    try:
+        return read_hosts(path)
+    except ConfigurationError as error:
+        fail(f"{error}; fix or delete it")
 
 
 def _edit_hosts(path: str, timeout: float, change: Callable[[list[str]], list[str]]) -> list[str]:
@@ -505,11 +518,9 @@ def _edit_hosts(path: str, timeout: float, change: Callable[[list[str]], list[st
     store = _hosts_file(path)
     try:
         with store.locked_for(timeout):
-            size = os.path.getsize(path) if os.path.exists(path) else 0
+            current = _read_hosts(path)  # the one parser: the rule discovery uses
             contents = store.read()
-            if contents.repaired and size > 0:
-                fail(f"{path} is not a hosts file (not valid JSON); fix or delete it")
-            hosts = change(_hosts_of(contents.dict, path))
+            hosts = change(current)
             document = dict(contents.dict) if not contents.repaired else {}
             document["hosts"] = hosts
             store.write(document)
@@ -604,17 +615,13 @@ def hosts_list(click_ctx: click.Context) -> None:
     store = _hosts_file(path)
     try:
         with store.locked_for(timeout, shared=True):
-            size = os.path.getsize(path)
-            contents = store.read()
+            entries = _read_hosts(path)  # the one parser: the rule discovery uses
     except TimeoutError:
         fail(f"{path} stays locked by another process (waited {timeout:g} s)")
     except OSError as error:
         fail(f"cannot read {path}: {error.strerror or error}")
     finally:
         store.close()
-    if contents.repaired and size > 0:
-        fail(f"{path} is not a hosts file (not valid JSON); fix or delete it")
-    entries = _hosts_of(contents.dict, path)
     for entry in entries:
         click.echo(entry)
     if not entries:
@@ -648,8 +655,8 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, no_color: bool,
     from miros_rabbitmq.mesh import snoop as snooping
     from miros_rabbitmq.transport import BrokerAddress
 
-    settings = _load(ctx)
-    _check_keys(settings)
+    settings = _load(ctx, require_mesh_key=False)  # the snoop keys are enough
+    _check_keys(settings, mesh=False)
     networks = [n for n, wanted in ((snooping.TRACE, want_trace), (snooping.SPY, want_spy))
                 if wanted] or [snooping.TRACE, snooping.SPY]
     color = not no_color and not os.environ.get("NO_COLOR")
@@ -673,7 +680,7 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, no_color: bool,
                 if stop.is_set():
                     return
                 refused = link is not None and link.auth_failed.is_set()
-                if time.monotonic() >= deadline or refused or (error and "credentials" in error):
+                if time.monotonic() >= deadline or refused:
                     fail(f"cannot listen at {address.url}: "
                          f"{error or f'no answer within {connect_timeout:g} s'}")
         what = " and ".join(n.replace("snoop_", "") for n in networks)
@@ -730,16 +737,6 @@ def sequence(logfile: Any, svg_out: str | None, mermaid_out: str | None,
 
 
 # --------------------------------------------------------------------------- discover
-
-
-@dataclass
-class PeerAnswer:
-    """One scouted address: what it answered and how long it took."""
-
-    address: str
-    found: bool
-    reason: str
-    elapsed: float
 
 
 @cli.command()

@@ -466,8 +466,7 @@ def _node_main(argv: Sequence[str] | None = None) -> int:
         # a refused login does not heal by waiting: report it at once
         while not consumer.ready.wait(0.05):
             error_text = link.last_error or ""
-            if (stop.is_set() or time.monotonic() >= deadline or link.auth_failed.is_set()
-                    or "credentials" in error_text):
+            if stop.is_set() or time.monotonic() >= deadline or link.auth_failed.is_set():
                 emit(f"{CONTROL}NOTREADY {error_text or 'the local broker did not answer'}")
                 return 1
         chart.start_at(waiting_for_go)

@@ -20,10 +20,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from miros_rabbitmq.discovery.rabbit_consumer_scout_chart import RabbitConsumerScoutChart
+from miros_rabbitmq.errors import PeerAddressError
 from miros_rabbitmq.mesh.challenge import ScoutCredentials
-from miros_rabbitmq.mesh.nets import MESH_EXCHANGE
 from miros_rabbitmq.payloads import ConnectionDiscoveryPayload
 from miros_rabbitmq.transport import parse_peer
+from miros_rabbitmq.wire.names import MESH_EXCHANGE, ProbeOutcome
 
 __all__ = ["Timers", "ScoutBatch", "ScoutAnswer", "search_key", "TaggedDiscovery", "tagged"]
 
@@ -127,6 +128,7 @@ class ScoutAnswer:
     result: bool
     reason: str
     elapsed: float
+    outcome: ProbeOutcome = ProbeOutcome.ERROR
 
 
 class ScoutBatch:
@@ -185,7 +187,10 @@ class ScoutBatch:
                     target, routing_key=self.routing_key, exchange_name=self.exchange,
                     timeout=self.timeout, credentials=credentials)
             except Exception as error:  # a bad address never takes the owner down
-                self.answers[address] = ScoutAnswer(address, False, str(error), 0.0)
+                self.answers[address] = ScoutAnswer(
+                    address, False, str(error), 0.0,
+                    ProbeOutcome.BAD_ADDRESS if isinstance(error, PeerAddressError)
+                    else ProbeOutcome.ERROR)
                 continue
             with self._lock:
                 self._running[target] = ([address], scout)
@@ -201,7 +206,8 @@ class ScoutBatch:
         addresses, scout = running
         for address in addresses:
             answer = ScoutAnswer(address, bool(payload.result), scout.last_reason or (
-                "answered" if payload.result else "no answer"), scout.last_elapsed)
+                "answered" if payload.result else "no answer"), scout.last_elapsed,
+                ProbeOutcome.ANSWERED if payload.result else scout.last_outcome)
             self.answers[address] = answer
         scout.stop()  # answered: its thread has ended already; this only tidies up
         self._launch()

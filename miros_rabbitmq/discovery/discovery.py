@@ -44,10 +44,12 @@ from typing import Any
 
 from miros import Event, signals
 
+from miros_rabbitmq._miros import signal_number, subscribed
 from miros_rabbitmq.cache.cache_file_chart import CacheFileChart
 from miros_rabbitmq.config import Settings, load_settings
 from miros_rabbitmq.discovery._support import tagged
-from miros_rabbitmq.discovery.lan_chart import DEFAULT_TIME_OUT_IN_MINUTES, LAN_CACHE_FILE, LanChart
+from miros_rabbitmq.discovery.hosts_file import read_hosts
+from miros_rabbitmq.discovery.lan_chart import DEFAULT_TIME_OUT_IN_MINUTES, LanChart
 from miros_rabbitmq.discovery.lan_recce_chart import (
     DEFAULT_ARP_TIMEOUT_SEC,
     LanRecceChart,
@@ -55,17 +57,24 @@ from miros_rabbitmq.discovery.lan_recce_chart import (
     my_lan_address,
     plan_scan,
 )
-from miros_rabbitmq.discovery.man_net_chart import HOSTS_FILE, ManNetChart, read_hosts
+from miros_rabbitmq.discovery.man_net_chart import ManNetChart
 from miros_rabbitmq.discovery.producer_factory_chart import (
     DEFAULT_GRACE_SEC,
     ProducerFactoryChart,
 )
 from miros_rabbitmq.errors import ConfigurationError, PeerAddressError
 from miros_rabbitmq.mesh.challenge import ScoutCredentials
-from miros_rabbitmq.mesh.nets import MESH_EXCHANGE
 from miros_rabbitmq.payloads import ConnectionDiscoveryPayload
-from miros_rabbitmq.transport import PROBER, TIMEOUT_AFTER_CONNECT, BrokerAddress, ProbeResult
-from miros_rabbitmq.wire.codec import signal_number
+from miros_rabbitmq.transport import PROBER, BrokerAddress, ProbeResult
+from miros_rabbitmq.wire.names import (
+    DEFAULT_MAX_BUFFER,
+    DEFAULT_SCOUT_TIMEOUT,
+    DISCOVER_ROUTING_KEY,
+    HOSTS_FILE,
+    LAN_CACHE_FILE,
+    MESH_EXCHANGE,
+    ProbeOutcome,
+)
 
 __all__ = [
     "Discovery",
@@ -124,7 +133,7 @@ class DiscoveryConfig:
     lan_cache_file: str | None = None
     time_out_in_minutes: float = DEFAULT_TIME_OUT_IN_MINUTES
     arp_timeout_sec: float = DEFAULT_ARP_TIMEOUT_SEC
-    scout_timeout: float = 0.5
+    scout_timeout: float = DEFAULT_SCOUT_TIMEOUT
     lan_networks: tuple[str, ...] | None = None
     peer_grace_sec: float = DEFAULT_GRACE_SEC
     rescout_min_sec: float = 1.0
@@ -161,7 +170,7 @@ class Discovery:
     _registry_lock = threading.Lock()
 
     def __init__(self, settings: Settings, config: DiscoveryConfig | None = None, *,
-                 max_buffer: int = 10_000) -> None:
+                 max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
         self.settings = settings
         self.config = (config or DiscoveryConfig()).resolved()
         self.max_buffer = max_buffer
@@ -344,9 +353,7 @@ class Discovery:
 
     @staticmethod
     def _post(chart: Any, signal_name: str, hostport: str) -> None:
-        fabric = getattr(chart, "fabric", None)
-        subscribers = fabric.fifo_subscriptions.get(signal_name, []) if fabric is not None else []
-        if getattr(chart, "instrumented", False) and any(q is chart.queue for q in subscribers):
+        if subscribed(chart, signal_name):
             return  # it gets the published one
         chart.post_fifo(Event(signal=getattr(signals, signal_name), payload=hostport))
 
@@ -405,27 +412,22 @@ class PeerReport:
         return self.state == LIVE
 
 
-def classify(ok: bool, reason: str) -> str:
-    """The state of a probe's verdict."""
-    if ok:
-        return LIVE
-    text = reason.lower()
-    if reason == TIMEOUT_AFTER_CONNECT:
-        return WRONG_KEY
-    if text == "timeout":
-        return DEAD
-    if text.startswith("cannot resolve"):
-        return UNRESOLVED
-    if text.startswith("no tcp connection"):
-        return NO_BROKER if ("refused" in text or "errno 111" in text) else DEAD
-    if "credentials refused" in text or "access_refused" in text or "access refused" in text:
-        return BAD_CREDENTIALS
-    if "no responder" in text or "not_found" in text or "404" in text:
-        return NO_NODE
-    if text.startswith(("not a host", "bad port", "empty peer", "port out of range",
-                        "not an amqp")):
-        return BAD_ADDRESS
-    return ERROR
+_STATE_OF = {
+    ProbeOutcome.ANSWERED: LIVE,
+    ProbeOutcome.NO_ANSWER: WRONG_KEY,
+    ProbeOutcome.TIMEOUT: DEAD,
+    ProbeOutcome.UNREACHABLE: DEAD,
+    ProbeOutcome.UNRESOLVED: UNRESOLVED,
+    ProbeOutcome.REFUSED: NO_BROKER,
+    ProbeOutcome.AUTH_REFUSED: BAD_CREDENTIALS,
+    ProbeOutcome.NO_RESPONDER: NO_NODE,
+    ProbeOutcome.BAD_ADDRESS: BAD_ADDRESS,
+}
+
+
+def classify(outcome: ProbeOutcome) -> str:
+    """The state (one of the constants above) of a probe's outcome."""
+    return _STATE_OF.get(ProbeOutcome(outcome), ERROR)
 
 
 @dataclass
@@ -478,11 +480,11 @@ def _probe_all(addresses: list[str], credentials: ScoutCredentials, timeout: flo
 
         def on_done(result: ProbeResult, address: str = address) -> None:
             slots.release()
-            collector.add(PeerReport(address, classify(result.ok, result.reason),
-                                     result.elapsed, result.reason))
+            collector.add(PeerReport(address, classify(result.outcome), result.elapsed,
+                                     result.reason))
 
         try:
-            credentials.probe(address, routing_key="miros.discover", exchange_name=MESH_EXCHANGE,
+            credentials.probe(address, routing_key=DISCOVER_ROUTING_KEY, exchange_name=MESH_EXCHANGE,
                               timeout=timeout, on_done=on_done)
         except PeerAddressError as error:
             slots.release()
@@ -493,7 +495,7 @@ def discover_once(
     *,
     network: str | None = None,
     hosts_file: str | None = None,
-    timeout: float = 0.5,
+    timeout: float = DEFAULT_SCOUT_TIMEOUT,
     progress: Callable[[PeerReport], Any] | None = None,
     settings: Settings | None = None,
     arp_timeout_sec: float = DEFAULT_ARP_TIMEOUT_SEC,
@@ -548,7 +550,7 @@ def _discover_lan(credentials: ScoutCredentials, timeout: float,
             if time.monotonic() - started > arp_timeout_sec + 2 * waves * timeout + 10.0:
                 logger.warning("discover_once: the LAN recce did not finish in time")
                 break
-        reports = [PeerReport(a.address, classify(a.result, a.reason), a.elapsed, a.reason)
+        reports = [PeerReport(a.address, classify(a.outcome), a.elapsed, a.reason)
                    for a in recce.answers.values()]
     finally:
         recce.stop()

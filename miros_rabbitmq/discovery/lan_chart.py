@@ -43,18 +43,18 @@ from typing import Any
 
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
+from miros_rabbitmq._miros import signal_number, subscribe_now
 from miros_rabbitmq.discovery._support import Timers, tagged
 from miros_rabbitmq.errors import ConfigurationError
 from miros_rabbitmq.payloads import CacheWritePayload, ConnectionDiscoveryPayload
-from miros_rabbitmq.wire.codec import signal_number
+from miros_rabbitmq.wire.names import DEFAULT_LAN_CACHE_MINUTES, LAN_CACHE_FILE
 
 __all__ = ["LanChart", "LAN_CACHE_FILE", "DEFAULT_TIME_OUT_IN_MINUTES", "DISPATCHER",
            "EMPTY_SCAN_TIME_OUT_IN_MINUTES"]
 
 logger = logging.getLogger(__name__)
 
-LAN_CACHE_FILE = ".miros_rabbitmq_lan_cache.json"
-DEFAULT_TIME_OUT_IN_MINUTES = 30
+DEFAULT_TIME_OUT_IN_MINUTES = DEFAULT_LAN_CACHE_MINUTES
 EMPTY_SCAN_TIME_OUT_IN_MINUTES = 1
 DISPATCHER = "lan_chart"
 CACHE_ANSWER_TIMEOUT_SEC = 10.0  # no CACHE answer: scan anyway
@@ -173,8 +173,7 @@ class LanChart(ActiveObject):
         self.scans = 0
         self.last_addresses: list[str] = []
         self.start_at(read_lan_cache)
-        for name in ("CACHE", "LAN_RECCE_COMPLETE"):
-            self._subscribe(Event(signal=name), "fifo")
+        subscribe_now(self, *("CACHE", "LAN_RECCE_COMPLETE"))
 
     # ------------------------------------------------------------------ actions
     def request_cache(self) -> None:

@@ -55,11 +55,12 @@ from typing import Any
 import ifaddr
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
+from miros_rabbitmq._miros import keep_first_deferred, signal_number, subscribe_now
 from miros_rabbitmq.discovery._support import ScoutAnswer, ScoutBatch, Timers, search_key
 from miros_rabbitmq.errors import ConfigurationError
 from miros_rabbitmq.mesh.challenge import ScoutCredentials
 from miros_rabbitmq.payloads import RecceCompletePayload
-from miros_rabbitmq.wire.codec import signal_number
+from miros_rabbitmq.wire.names import DEFAULT_ARP_TIMEOUT_SEC, DEFAULT_SCOUT_TIMEOUT
 
 __all__ = [
     "LanRecceChart",
@@ -78,8 +79,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ARP_TIMEOUT_SEC = 2.0
-DEFAULT_SCOUT_TIMEOUT = 0.5
 #: subnets with a prefix shorter than this (more than 1022 hosts) are not swept
 MAX_SWEEP_PREFIX = 22
 SWEEP_ADDRESSES_PER_SOCKET = 64
@@ -454,8 +453,7 @@ class LanRecceChart(ActiveObject):
         self._ping_responders: set[str] = set()
         self._timers = Timers(self.name)
         self.start_at(private_search)
-        for name in ("RECCE_LAN", "AMQP_CONSUMER_CHECK"):
-            self._subscribe(Event(signal=name), "fifo")
+        subscribe_now(self, *("RECCE_LAN", "AMQP_CONSUMER_CHECK"))
 
     # ------------------------------------------------------------------ actions
     def begin(self) -> None:
@@ -579,12 +577,8 @@ class LanRecceChart(ActiveObject):
         if self.batch is not None:
             self.batch.stop()
             self.batch = None
-        if len(self.defer_queue):
-            # RECCE_LANs that came in during the search: one more search serves them all
-            first = self.defer_queue.popleft()
-            self.defer_queue.clear()
-            self.defer_queue.append(first)
-            self.recall()
+        # RECCE_LANs that came in during the search: one more search serves them all
+        keep_first_deferred(self)
 
     # ------------------------------------------------------------------ life
     def stop(self) -> None:

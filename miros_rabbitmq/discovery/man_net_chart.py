@@ -28,60 +28,32 @@ hosts; a corrupt one is reported and the previous list is kept.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
 
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
+from miros_rabbitmq._miros import keep_first_deferred, signal_number, subscribe_now
 from miros_rabbitmq.config import mask_url
 from miros_rabbitmq.discovery._support import ScoutAnswer, ScoutBatch, Timers, search_key, tagged
+from miros_rabbitmq.discovery.hosts_file import HOSTS_FILE, read_hosts
 from miros_rabbitmq.errors import ConfigurationError
 from miros_rabbitmq.mesh.challenge import ScoutCredentials
 from miros_rabbitmq.payloads import ConnectionDiscoveryPayload
-from miros_rabbitmq.wire.codec import signal_number
+from miros_rabbitmq.wire.names import DEFAULT_SCOUT_TIMEOUT
 
 __all__ = ["ManNetChart", "HOSTS_FILE", "DISPATCHER", "read_hosts"]
 
 logger = logging.getLogger(__name__)
 
-HOSTS_FILE = ".miros_rabbitmq_hosts.json"
 DISPATCHER = "man_net_chart"
-DEFAULT_SCOUT_TIMEOUT = 0.5
 SAFETY_MARGIN_SEC = 2.0
 
 for _name in ("EVALUATE_HOSTS_FILE", "AMQP_CONSUMER_CHECK", "CONNECTION_DISCOVERY",
               "hosts_file_watch", "reevaluate_dead_hosts", "evaluation_time_out"):
     signal_number(_name)
 del _name
-
-
-def read_hosts(path: str) -> list[str]:
-    """The ``hosts`` of a hosts file; [] when there is none.
-
-    Raises :class:`~miros_rabbitmq.errors.ConfigurationError` for a file that
-    is not ``{"hosts": [str, ...]}``.
-    """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        return []
-    except OSError as error:
-        raise ConfigurationError(f"cannot read {path}: {error.strerror or error}") from None
-    if not text.strip():
-        return []
-    try:
-        document = json.loads(text)
-        hosts = document["hosts"]
-        if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
-            raise TypeError
-    except (ValueError, KeyError, TypeError) as error:
-        raise ConfigurationError(
-            f"{path} is not a hosts file: expected {{\"hosts\": [\"192.168.1.75\", ...]}} "
-            f"({type(error).__name__})") from None
-    return list(dict.fromkeys(h.strip() for h in hosts if h.strip()))
 
 
 @spy_on
@@ -195,8 +167,7 @@ class ManNetChart(ActiveObject):
         self._last_problem = ""
         self.post_fifo(Event(signal=signals.EVALUATE_HOSTS_FILE))
         self.start_at(hosts_file_waiting)
-        for name in ("EVALUATE_HOSTS_FILE", "AMQP_CONSUMER_CHECK"):
-            self._subscribe(Event(signal=name), "fifo")
+        subscribe_now(self, *("EVALUATE_HOSTS_FILE", "AMQP_CONSUMER_CHECK"))
 
     # ------------------------------------------------------------------ actions
     def _file_signature(self) -> tuple[Any, ...] | None:
@@ -261,11 +232,7 @@ class ManNetChart(ActiveObject):
         if self.batch is not None:
             self.batch.stop()
             self.batch = None
-        if len(self.defer_queue):  # one more evaluation serves every deferred request
-            first = self.defer_queue.popleft()
-            self.defer_queue.clear()
-            self.defer_queue.append(first)
-            self.recall()
+        keep_first_deferred(self)  # one more evaluation serves every deferred request
 
     @property
     def dead(self) -> list[str]:

@@ -48,12 +48,17 @@ from typing import Any
 
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
+from miros_rabbitmq._miros import recall_all_deferred, signal_number, subscribe_now
 from miros_rabbitmq.config import Settings
 from miros_rabbitmq.discovery._support import Timers, search_key
 from miros_rabbitmq.discovery.rabbit_consumer_scout_chart import RabbitConsumerScoutChart
 from miros_rabbitmq.errors import PeerAddressError
 from miros_rabbitmq.mesh.challenge import ScoutCredentials
-from miros_rabbitmq.mesh.nets import (
+from miros_rabbitmq.payloads import ProducerQueue
+from miros_rabbitmq.transport import LINKS, BrokerAddress, BrokerLink, parse_peer
+from miros_rabbitmq.wire.names import (
+    DEFAULT_MAX_BUFFER,
+    DEFAULT_SCOUT_TIMEOUT,
     EXCHANGES,
     MESH_EXCHANGE,
     SNOOP_SPY_EXCHANGE,
@@ -61,9 +66,6 @@ from miros_rabbitmq.mesh.nets import (
     SNOOP_TRACE_EXCHANGE,
     SNOOP_TRACE_ROUTING_KEY,
 )
-from miros_rabbitmq.payloads import ProducerQueue
-from miros_rabbitmq.transport import LINKS, BrokerAddress, BrokerLink, parse_peer
-from miros_rabbitmq.wire.codec import signal_number
 
 __all__ = ["ProducerFactoryChart", "Producer", "PeerState", "DEFAULT_GRACE_SEC"]
 
@@ -94,12 +96,6 @@ class Producer:
         self.routing_key = routing_key
         self.address = address
         self.link = link
-
-    def publish(self, body: bytes, routing_key: str | None = None) -> bool:
-        """Publish an encoded message on this network at this peer (never blocks)."""
-        droppable = self.network != "mesh"
-        return self.link.publish(self.exchange, routing_key or self.routing_key, body,
-                                 persistent=not droppable, droppable=droppable)
 
     def __repr__(self) -> str:
         return f"Producer({self.network!r}, {self.address.hostport!r})"
@@ -168,8 +164,7 @@ def post_to_queue(chart: ProducerFactoryChart, e: Event) -> Any:
         chart.post_queue(e.payload)
         return chart.trans(producer_discovery)
     if e.signal == signals.EXIT_SIGNAL:
-        while len(chart.defer_queue):
-            chart.recall()
+        recall_all_deferred(chart)
         return return_status.HANDLED
     chart.temp.fun = producer_discovery
     return return_status.SUPER
@@ -214,8 +209,8 @@ class ProducerFactoryChart(ActiveObject):
         grace_sec: float = DEFAULT_GRACE_SEC,
         rescout_min_sec: float = DEFAULT_RESCOUT_MIN_SEC,
         rescout_max_sec: float = DEFAULT_RESCOUT_MAX_SEC,
-        scout_timeout: float = 0.5,
-        max_buffer: int = 10_000,
+        scout_timeout: float = DEFAULT_SCOUT_TIMEOUT,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
         tag: str | None = None,
     ) -> None:
         super().__init__(name="producer_factory_chart")
@@ -244,8 +239,7 @@ class ProducerFactoryChart(ActiveObject):
         self._staged: list[_Staged] = []
         self._stopped = False
         self.start_at(producer_discovery)
-        for name in ("CONNECTION_DISCOVERY", "AMQP_CONSUMER_CHECK"):
-            self._subscribe(Event(signal=name), "fifo")
+        subscribe_now(self, *("CONNECTION_DISCOVERY", "AMQP_CONSUMER_CHECK"))
 
     # ------------------------------------------------------------------ snapshot
     def peers(self) -> list[PeerState]:

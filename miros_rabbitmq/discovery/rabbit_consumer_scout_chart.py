@@ -23,65 +23,26 @@ and releases its connection.
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-import miros.activeobject
-import miros.hsm
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
+from miros_rabbitmq._miros import namedtuples_reused
 from miros_rabbitmq.errors import ConfigurationError, PeerAddressError
 from miros_rabbitmq.mesh.challenge import ScoutCredentials
-from miros_rabbitmq.mesh.nets import MESH_EXCHANGE
 from miros_rabbitmq.payloads import AMQPConsumerCheckPayload
 from miros_rabbitmq.transport import Probe, ProbeResult
+from miros_rabbitmq.wire.names import DEFAULT_SCOUT_TIMEOUT, MESH_EXCHANGE, ProbeOutcome
 
 __all__ = ["RabbitConsumerScoutChart", "SearchCriteria", "DEFAULT_TIMEOUT"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 0.5  # seconds to wait for a node's answer
+DEFAULT_TIMEOUT = DEFAULT_SCOUT_TIMEOUT  # seconds to wait for a node's answer
 STOP_WAIT = 2.0  # seconds stop() waits for a cancelled probe to release its socket
-
-
-# miros 4.2.1 defines three namedtuple classes inside every chart's __init__
-# (TraceTuple, PostedEventThreadSpec, PostedEvent): about 0.5 ms, most of the
-# cost of making a chart. A LAN recce makes 254 scouts at once, so a scout's
-# __init__ hands miros classes built once instead (same names, same fields).
-_MIROS_MODULES = (miros.activeobject, miros.hsm)
-_reused_classes: dict[tuple[str, tuple[str, ...]], type] = {}
-_reuse_lock = threading.Lock()
-
-
-def _reused_namedtuple(typename: str, field_names: Any, **kwargs: Any) -> type:
-    if kwargs or isinstance(field_names, str):  # not how miros calls it
-        return collections.namedtuple(typename, field_names, **kwargs)
-    key = (typename, tuple(field_names))
-    made = _reused_classes.get(key)
-    if made is None:
-        made = _reused_classes[key] = collections.namedtuple(typename, key[1])
-    return made
-
-
-@contextlib.contextmanager
-def _miros_namedtuples_reused() -> Iterator[None]:
-    """While a scout runs miros's __init__: namedtuple classes are reused, not rebuilt."""
-    with _reuse_lock:
-        saved = [getattr(module, "namedtuple", None) for module in _MIROS_MODULES]
-        if any(original is not collections.namedtuple for original in saved):
-            yield  # not the miros we know: leave it alone
-            return
-        for module in _MIROS_MODULES:
-            module.namedtuple = _reused_namedtuple  # type: ignore[attr-defined]
-        try:
-            yield
-        finally:
-            for module, original in zip(_MIROS_MODULES, saved, strict=True):
-                module.namedtuple = original  # type: ignore[attr-defined]
 
 
 class SearchCriteria(NamedTuple):
@@ -97,6 +58,7 @@ class ConsumerTestComplete(NamedTuple):
     result: bool
     reason: str
     elapsed: float
+    outcome: ProbeOutcome = ProbeOutcome.ERROR
 
 
 @spy_on
@@ -133,6 +95,7 @@ def producer_post_and_wait(scout: RabbitConsumerScoutChart, e: Event) -> Any:
         if e.payload.search != scout.search_number:
             return return_status.HANDLED  # the answer of a search we abandoned
         scout.last_reason = e.payload.reason
+        scout.last_outcome = e.payload.outcome
         scout.last_elapsed = e.payload.elapsed
         if e.payload.result:
             return scout.trans(amqp_consumer_server_found)
@@ -172,6 +135,9 @@ class RabbitConsumerScoutChart(ActiveObject):
     environment. The scout starts itself.
     """
 
+    name: str
+    thread: threading.Thread | None
+
     def __init__(
         self,
         ip_address: str,
@@ -189,7 +155,7 @@ class RabbitConsumerScoutChart(ActiveObject):
                 f"give the exchange once: exchange={exchange!r} or exchange_name={exchange_name!r}")
         if not timeout > 0:
             raise ConfigurationError(f"timeout must be positive, got {timeout!r}")
-        with _miros_namedtuples_reused():
+        with namedtuples_reused():
             super().__init__(name=str(ip_address))
         self.credentials = credentials if credentials is not None else ScoutCredentials()
         self.criteria = SearchCriteria(
@@ -201,6 +167,7 @@ class RabbitConsumerScoutChart(ActiveObject):
         self.search_number = 0
         self.answer: AMQPConsumerCheckPayload | None = None
         self.last_reason = ""
+        self.last_outcome = ProbeOutcome.ERROR
         self.last_elapsed = 0.0
         self._probe: Probe | None = None
         self._to_print: AMQPConsumerCheckPayload | None = None
@@ -232,7 +199,7 @@ class RabbitConsumerScoutChart(ActiveObject):
 
         def on_done(result: ProbeResult) -> None:  # on the prober's I/O thread
             self.post_fifo(Event(signal=signals.consumer_test_complete, payload=ConsumerTestComplete(
-                number, result.ok, result.reason, result.elapsed)))
+                number, result.ok, result.reason, result.elapsed, result.outcome)))
 
         try:
             self._probe = self.credentials.probe(
@@ -240,7 +207,7 @@ class RabbitConsumerScoutChart(ActiveObject):
                 exchange_name=self.criteria.exchange_name, timeout=self.timeout, on_done=on_done)
         except PeerAddressError as error:
             self._probe = None
-            on_done(ProbeResult(False, str(error), 0.0))
+            on_done(ProbeResult(False, str(error), 0.0, ProbeOutcome.BAD_ADDRESS))
 
     def release_probe(self) -> None:
         probe, self._probe = self._probe, None

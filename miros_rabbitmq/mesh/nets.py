@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import secrets
 import threading
 import time
 import uuid
@@ -20,18 +21,29 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from miros_rabbitmq._miros import RESERVED_SIGNALS
 from miros_rabbitmq.config import Secret, Settings
 from miros_rabbitmq.errors import BrokerAuthenticationError, DecodeError, PeerAddressError
 from miros_rabbitmq.mesh import challenge
 from miros_rabbitmq.transport import LINKS, BrokerAddress, BrokerLink, Consumer, parse_peer
-from miros_rabbitmq.wire.codec import (
+from miros_rabbitmq.wire.codec import JSON, PICKLE, Codec, Envelope, Serializer
+from miros_rabbitmq.wire.names import (
+    DEFAULT_MAX_AGE_SEC,
+    DEFAULT_MAX_BUFFER,
     DEFAULT_MAX_MESSAGE_BYTES,
-    JSON,
-    PICKLE,
-    Codec,
-    Envelope,
-    Serializer,
+    DEFAULT_QUEUE_EXPIRES_MS,
+    EXCHANGES,
+    MESH_EXCHANGE,
+    MESH_QUEUE_PREFIX,
+    SNOOP_SPY_EXCHANGE,
+    SNOOP_SPY_ROUTING_KEY,
+    SNOOP_TRACE_EXCHANGE,
+    SNOOP_TRACE_ROUTING_KEY,
 )
+from miros_rabbitmq.wire.names import (
+    Network as NetworkName,
+)
+from miros_rabbitmq.wire.replay import ReplayGuard
 
 __all__ = [
     "MirosNets",
@@ -45,21 +57,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MESH_EXCHANGE = "miros.mesh.exchange"
-SNOOP_TRACE_EXCHANGE = "miros.snoop.trace.exchange"
-SNOOP_SPY_EXCHANGE = "miros.snoop.spy.exchange"
-SNOOP_TRACE_ROUTING_KEY = "snoop.trace"
-SNOOP_SPY_ROUTING_KEY = "snoop.spy"
-EXCHANGES = (
-    (MESH_EXCHANGE, "topic"),
-    (SNOOP_TRACE_EXCHANGE, "topic"),
-    (SNOOP_SPY_EXCHANGE, "topic"),
-)
-
-DEFAULT_QUEUE_EXPIRES_MS = 10 * 60 * 1000  # an abandoned chart queue lives 10 min
-DEFAULT_QUEUE_MAX_LENGTH = 100_000
-DEDUP_SENDERS = 4096  # senders remembered by the duplicate filter
 DROP_LOG_INTERVAL = 60.0
+V02_HINT = ("a miros-rabbitmq 0.2 node is sending on this mesh with our key; 0.2 and 0.3 "
+            "cannot talk to each other: upgrade both sides to the same version "
+            "(pip install -U miros-rabbitmq)")
+_v02_logged = False  # process-wide: the hint is logged once
 
 
 @dataclass
@@ -103,11 +105,12 @@ class MirosNets:
         deliver: Callable[[Envelope], bool],
         peers: Iterable[str] = (),
         serializer: Serializer = PICKLE,
-        ttl: int | None = None,
-        max_buffer: int = 10_000,
+        ttl: float | None = DEFAULT_MAX_AGE_SEC,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         queue_expires_ms: int = DEFAULT_QUEUE_EXPIRES_MS,
         on_overflow: Callable[[str, int], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -115,6 +118,10 @@ class MirosNets:
         self.rx_routing_keys = (
             (rx_routing_key,) if isinstance(rx_routing_key, str) else tuple(rx_routing_key))
         self.identity = f"{name}.{uuid.uuid4().hex[:12]}"
+        # this incarnation: receivers remember (identity, epoch, seq) to refuse replays
+        self.epoch = secrets.randbits(64) or 1  # 0: no incarnation (scout messages)
+        self.clock = clock
+        self.max_message_bytes = max_message_bytes
         # where peers reach our broker; discovery sets it to our LAN address when known
         self.origin = f"{settings.rabbit_host}:{settings.rabbit_port}"
         # on_alien(origin): called (I/O thread, must not block) once per origin of an
@@ -126,26 +133,34 @@ class MirosNets:
         self.drops = DropCounter(name)
         self.counts: collections.Counter[str] = collections.Counter()
         self.on_overflow = on_overflow
-        limits = {"ttl": ttl, "max_message_bytes": max_message_bytes}
+        limits: dict[str, Any] = {"max_age": ttl, "max_message_bytes": max_message_bytes,
+                                  "clock": clock}
         # snoop lines are plain data: their networks use the JSON serializer,
-        # which never runs code on load, whatever the mesh uses
+        # which never runs code on load, whatever the mesh uses. Each codec
+        # binds its tokens to its network: a snoop line is never a mesh event.
         self.networks = {
             "mesh": Network("mesh", MESH_EXCHANGE,
-                            Codec(settings.mesh_keys, serializer=serializer, **limits),
+                            Codec(settings.mesh_keys, serializer=serializer,
+                                  network=NetworkName.MESH, **limits),
                             tx_routing_key),
             "snoop_trace": Network("snoop_trace", SNOOP_TRACE_EXCHANGE,
-                                   Codec(settings.snoop_trace_keys, serializer=JSON, **limits),
+                                   Codec(settings.snoop_trace_keys, serializer=JSON,
+                                         network=NetworkName.SNOOP_TRACE, **limits),
                                    SNOOP_TRACE_ROUTING_KEY),
             "snoop_spy": Network("snoop_spy", SNOOP_SPY_EXCHANGE,
-                                 Codec(settings.snoop_spy_keys, serializer=JSON, **limits),
+                                 Codec(settings.snoop_spy_keys, serializer=JSON,
+                                       network=NetworkName.SNOOP_SPY, **limits),
                                  SNOOP_SPY_ROUTING_KEY),
         }
         self._deliver = deliver
-        self._seq = itertools.count(1)
+        # one sequence per network: a receiver's replay window counts only its network's messages
+        self._seqs = {network: itertools.count(1) for network in self.networks}
         self._send_lock = threading.Lock()
         self._peers_lock = threading.Lock()
         self._peers: dict[tuple[str, int, str, str], BrokerLink] = {}
-        self._last_seq: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.replays = ReplayGuard(owner=name)
+        # the envelope of a delivery that found no room: decrypted once, not again on resume
+        self._parked_envelope: tuple[bytes, Envelope] | None = None
         self._initial_peers = list(peers)
         self.local_address = BrokerAddress(settings.rabbit_host, settings.rabbit_port,
                                            settings.rabbit_vhost, settings.rabbit_user,
@@ -175,7 +190,8 @@ class MirosNets:
             exchange=MESH_EXCHANGE,
             routing_keys=self.rx_routing_keys,
             on_message=self._on_mesh_message,
-            queue=f"miros.mesh.{self.identity}",
+            with_routing_key=True,
+            queue=f"{MESH_QUEUE_PREFIX}{self.identity}",
             durable=True,
             expires_ms=self.queue_expires_ms,
         )
@@ -308,40 +324,71 @@ class MirosNets:
         droppable = network != "mesh"
         taken = 0
         with self._send_lock:  # one sender's messages keep their order on every link
-            envelope = Envelope(signal_name, payload, self.identity, next(self._seq), self.origin)
+            key = routing_key or net.routing_key
+            envelope = Envelope(signal_name, payload, self.identity, next(self._seqs[network]),
+                                self.origin, epoch=self.epoch, routing_key=key)
             token = net.codec.encode(envelope)
             for link in self.links():
-                if link.publish(net.exchange, routing_key or net.routing_key, token,
+                if link.publish(net.exchange, key, token,
                                 persistent=not droppable, droppable=droppable):
                     taken += 1
         self.counts[f"{network}.transmitted"] += 1
         return taken
 
     # ------------------------------------------------------------------ receiving
-    def _on_mesh_message(self, body: bytes) -> bool:
-        """I/O thread: authenticate, filter, hand to the chart. False = no room."""
-        try:
-            envelope = self.networks["mesh"].codec.decode(body)
-        except DecodeError as error:
-            self.drops.drop("mesh", error.reason)
+    def _on_mesh_message(self, body: bytes, routing_key: str) -> bool:
+        """I/O thread: authenticate, filter, hand to the chart. False = no room.
+
+        In order: the size limit (before anything else), one decryption (the
+        codec refuses tokens of another network or routing key, and older
+        than the age limit), own messages, replays (sender, epoch, seq seen
+        before), miros's reserved signals; then the chart.
+        """
+        parked = self._parked_envelope
+        if parked is not None and parked[0] is body:
+            envelope = parked[1]  # decrypted when it first found no room
+        else:
+            if len(body) > self.max_message_bytes:
+                self.drops.drop("mesh", "too_large")
+                return True
+            try:
+                envelope = self.networks["mesh"].codec.decode(body, routing_key=routing_key)
+            except DecodeError as error:
+                self._dropped_token(error.reason)
+                return True
+        self._parked_envelope = None
+        if envelope.epoch == 0:
+            # no sender incarnation: a scout challenge or answer, never a mesh event
+            self.drops.drop("mesh", "no_epoch")
             return True
         if envelope.sender == self.identity:
             self.counts["mesh.own"] += 1  # a chart never receives its own transmissions
             return True
-        last = self._last_seq.get(envelope.sender)
-        if last is not None and envelope.seq <= last:
-            self.counts["mesh.duplicate"] += 1
+        if self.replays.seen(envelope.sender, envelope.epoch, envelope.seq):
+            self.counts["mesh.duplicate"] += 1  # a resend we already had, or a replay
+            return True
+        if envelope.signal_name in RESERVED_SIGNALS:
+            # ENTRY/EXIT/INIT/STOP_ACTIVE_OBJECT...: they drive the event processor
+            # and are never the network's to post (a remote STOP would stop the chart)
+            self.replays.accept(envelope.sender, envelope.epoch, envelope.seq)
+            self.drops.drop("mesh", "reserved_signal")
             return True
         if not self._deliver(envelope):
+            self._parked_envelope = (body, envelope)
             return False
-        self._last_seq[envelope.sender] = envelope.seq
-        self._last_seq.move_to_end(envelope.sender)
-        if len(self._last_seq) > DEDUP_SENDERS:
-            self._last_seq.popitem(last=False)
+        self.replays.accept(envelope.sender, envelope.epoch, envelope.seq)
+        self.replays.note_clock(envelope.sender, envelope.sent_at, self.clock())
         self.counts["mesh.delivered"] += 1
         if self.on_alien is not None and envelope.origin not in self._known_origins:
             self._check_origin(envelope.origin)
         return True
+
+    def _dropped_token(self, reason: str) -> None:
+        global _v02_logged
+        self.drops.drop("mesh", reason)
+        if reason == "v0.2" and not _v02_logged:
+            _v02_logged = True
+            logger.warning("%s: %s", self.name, V02_HINT)
 
     def _check_origin(self, origin: str) -> None:
         """Report an origin that is neither our broker nor a peer, once (I/O thread)."""
@@ -389,6 +436,12 @@ class MirosNets:
             "reconnects": sum(p["reconnects"] for p in peers.values()),
             "peers": peers,
         }
+
+    def set_clock(self, clock: Callable[[], float]) -> None:
+        """Use ``clock`` (seconds since the epoch) to stamp and to check message times (tests)."""
+        self.clock = clock
+        for network in self.networks.values():
+            network.codec.clock = clock
 
     def set_keys(self, network: str, keys: Iterable[str | bytes | Secret]) -> None:
         """Rotate a network's keys at run time: the first encrypts, all decrypt."""

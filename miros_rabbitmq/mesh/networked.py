@@ -8,117 +8,45 @@ and on every peer broker; the receiver cannot tell it from a local event.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import json
 import logging
-import os
-import queue
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from miros import ActiveObject, Event, Factory
-from miros.activeobject import LockingDeque
-from miros.hsm import HsmWithQueues
 
+from miros_rabbitmq._miros import QUEUE_SIZE, RoomyDeque, chart_queue, install_queue, make_event
 from miros_rabbitmq.config import Settings, load_settings
+from miros_rabbitmq.discovery.hosts_file import read_hosts
 from miros_rabbitmq.errors import ConfigurationError
 from miros_rabbitmq.mesh import snoop
 from miros_rabbitmq.mesh.nets import MirosNets
-from miros_rabbitmq.wire.codec import (
+from miros_rabbitmq.wire.codec import PICKLE, Envelope, Serializer
+from miros_rabbitmq.wire.names import (
+    DEFAULT_MAX_AGE_SEC,
+    DEFAULT_MAX_BUFFER,
     DEFAULT_MAX_MESSAGE_BYTES,
-    PICKLE,
-    Envelope,
-    Serializer,
-    make_event,
+    DEFAULT_RX_ROUTING_KEY,
+    HOSTS_FILE,
 )
 
 __all__ = ["NetworkedActiveObject", "NetworkedFactory", "HOSTS_FILE", "read_hosts_file"]
 
 logger = logging.getLogger(__name__)
 
-HOSTS_FILE = ".miros_rabbitmq_hosts.json"
-DEFAULT_TTL = 60  # seconds: older messages are refused as replays
+#: 0.3.0 name: the age limit for receivers that do not know a sender's epoch (6 h)
+DEFAULT_TTL = DEFAULT_MAX_AGE_SEC
 
 # Room kept free in a chart's 500-event queue for the chart's own posts:
 # above this many queued events the network waits instead of posting (miros
 # would silently drop the oldest event).
-RECEIVE_LIMIT = HsmWithQueues.QUEUE_SIZE - 100
+RECEIVE_LIMIT = QUEUE_SIZE - 100
 RESUME_BELOW = RECEIVE_LIMIT - 50
 
 
-class _RoomyDeque(LockingDeque):
-    """The chart's queue: miros's LockingDeque, lighter, telling the network when there is room.
-
-    miros wakes its chart thread through a ``queue.Queue`` of "ready" tokens,
-    a few dozen lines of Python per event on each side; a C ``SimpleQueue``
-    does the same at a fraction of the cost (measured: the hand-off from the
-    I/O thread to the chart takes ~15 us instead of ~40 us).
-    """
-
-    def __init__(self) -> None:
-        self.deque: collections.deque[Any] = collections.deque(maxlen=HsmWithQueues.QUEUE_SIZE)
-        self.locking_queue: queue.SimpleQueue[None] = queue.SimpleQueue()  # one token per event
-        self.on_room: Callable[[], None] | None = None
-
-    def get(self, block: bool = True, timeout: float | None = None) -> None:
-        return self.locking_queue.get(block, timeout)
-
-    def wait(self, block: bool = True, timeout: float | None = None) -> None:
-        return self.locking_queue.get(block, timeout)
-
-    def append(self, item: Any) -> None:
-        full = len(self.deque) == self.deque.maxlen
-        if full:
-            self.deque.rotate(1)  # miros's rule when full: the newest queued event gives way
-        self.deque.append(item)
-        if not full:
-            self.locking_queue.put(None)
-
-    def appendleft(self, item: Any) -> None:
-        full = len(self.deque) == self.deque.maxlen
-        self.deque.appendleft(item)  # when full, the newest queued event falls off the end
-        if not full:
-            self.locking_queue.put(None)
-
-    def clear(self) -> None:
-        self.deque.clear()
-        while True:
-            try:
-                self.locking_queue.get_nowait()
-            except queue.Empty:
-                return
-
-    def task_done(self) -> None:
-        """miros calls this after each event; nothing joins this queue."""
-
-    def qsize(self) -> int:
-        return self.locking_queue.qsize()
-
-    def popleft(self) -> Any:
-        item = self.deque.popleft()
-        callback = self.on_room
-        if callback is not None and len(self.deque) < RESUME_BELOW:
-            self.on_room = None
-            callback()
-        return item
-
-
 def read_hosts_file(path: str = HOSTS_FILE) -> list[str]:
-    """The ``hosts`` of a hosts file; [] if there is none. Raises ConfigurationError."""
-    if not os.path.exists(path):
-        return []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
-        hosts = document["hosts"]
-        if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
-            raise TypeError
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ConfigurationError(
-            f"{path} is not a hosts file: expected {{\"hosts\": [\"192.168.1.75\", ...]}} "
-            f"({type(error).__name__})") from None
-    return hosts
+    """The ``hosts`` of a hosts file (0.3.0 name of :func:`~miros_rabbitmq.discovery.hosts_file.read_hosts`)."""
+    return read_hosts(path)
 
 
 def _discovery_config(discovery: Any, lan_cache_file: str | None) -> Any:
@@ -158,8 +86,8 @@ class _Networked:
         snoop_spy_encryption_key: str | bytes | Sequence[str | bytes] | None = None,
         peers: Iterable[str] | None = None,
         serializer: Serializer = PICKLE,
-        ttl: int | None = DEFAULT_TTL,
-        max_buffer: int = 10_000,
+        ttl: float | None = DEFAULT_TTL,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         on_overflow: Callable[[str, int], None] | None = None,
         rabbit_host: str | None = None,
@@ -187,13 +115,12 @@ class _Networked:
         if peers is None:
             peers = []
         # the queue the network posts into must tell us when it has room again
-        self.locking_deque = _RoomyDeque()
-        self.queue = self.locking_deque  # type: ignore[assignment]
+        install_queue(self, RoomyDeque(resume_below=RESUME_BELOW))
         self.nets = MirosNets(
             name=name,
             settings=self.settings,
             tx_routing_key=tx_routing_key or "",
-            rx_routing_key=rx_routing_key if rx_routing_key is not None else "#",
+            rx_routing_key=rx_routing_key if rx_routing_key is not None else DEFAULT_RX_ROUTING_KEY,
             deliver=self._deliver_from_network,
             peers=peers,
             serializer=serializer,
@@ -270,7 +197,7 @@ class _Networked:
 
     # -- the receive path (runs on the local broker's I/O thread)
     def _deliver_from_network(self, envelope: Envelope) -> bool:
-        queue: _RoomyDeque = self.locking_deque  # type: ignore[assignment]
+        queue = chart_queue(self)
         if len(queue.deque) >= RECEIVE_LIMIT:
             queue.on_room = self.nets.consumer.resume if self.nets.consumer else None
             if len(queue.deque) >= RECEIVE_LIMIT:
@@ -297,8 +224,10 @@ _NETWORK_DOC = """
         docs/discovery.md); ``start_at`` never waits for it.
     serializer: ``PICKLE`` (default: any picklable payload) or ``JSON`` (plain
         data only, never runs code on load) or your own ``Serializer``.
-    ttl: refuse messages older than this many seconds (replay window,
-        default 60; None: any age).
+    ttl: refuse messages first sent more than this many seconds ago, or
+        stamped that far in the future (default 6 h; None: any age). Replays
+        to a running receiver are refused at any age (sender epoch + sequence
+        numbers); this limit covers a receiver that restarted.
     max_buffer: messages kept per peer until its broker confirms them
         (default 10 000); beyond it new messages are dropped and reported.
     max_message_bytes: larger incoming messages are dropped (default 16 MiB).

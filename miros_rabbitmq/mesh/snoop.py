@@ -59,17 +59,20 @@ import click
 
 from miros_rabbitmq.config import Secret, Settings
 from miros_rabbitmq.errors import DecodeError
-from miros_rabbitmq.mesh.nets import (
+from miros_rabbitmq.mesh.nets import DropCounter, MirosNets
+from miros_rabbitmq.transport import LINKS, BrokerAddress, BrokerLink, Consumer
+from miros_rabbitmq.wire.codec import JSON, Codec
+from miros_rabbitmq.wire.names import (
+    DEFAULT_HEARTBEAT,
     EXCHANGES,
+    SNOOP_QUEUE_PREFIX,
     SNOOP_SPY_EXCHANGE,
     SNOOP_SPY_ROUTING_KEY,
     SNOOP_TRACE_EXCHANGE,
     SNOOP_TRACE_ROUTING_KEY,
-    DropCounter,
-    MirosNets,
 )
-from miros_rabbitmq.transport import LINKS, BrokerAddress, BrokerLink, Consumer
-from miros_rabbitmq.wire.codec import JSON, Codec
+from miros_rabbitmq.wire.names import Network as NetworkName
+from miros_rabbitmq.wire.replay import ReplayGuard
 
 __all__ = [
     "TRACE",
@@ -311,7 +314,7 @@ class SnoopListener:
         keys: Sequence[Secret | str | bytes],
         *,
         color: bool = True,
-        heartbeat: int = 30,
+        heartbeat: int = DEFAULT_HEARTBEAT,
         write: Callable[[str], None] | None = None,
         grep: Iterable[str] = (),
         local_identities: Iterable[str] = (),
@@ -320,7 +323,9 @@ class SnoopListener:
             raise ValueError(f"not a snoop network: {network!r}")
         self.address = address
         self.network = network
-        self.codec = Codec(keys, serializer=JSON)  # as MirosNets' snoop networks
+        # as MirosNets' snoop networks: tokens of this network only
+        self.codec = Codec(keys, serializer=JSON, network=NetworkName(network))
+        self.replays = ReplayGuard(owner=f"snoop-{network}")
         self.color = color
         self.heartbeat = heartbeat
         self.write = write
@@ -353,7 +358,8 @@ class SnoopListener:
                 exchange=EXCHANGE[self.network],
                 routing_keys=[ROUTING_KEY[self.network]],
                 on_message=self._on_message,
-                queue=f"miros.snoop.{self.network[6:]}.{host}.{uuid.uuid4().hex[:12]}",
+                with_routing_key=True,
+                queue=f"{SNOOP_QUEUE_PREFIX}{self.network[6:]}.{host}.{uuid.uuid4().hex[:12]}",
                 durable=False,  # exclusive: the broker deletes it with our connection
                 prefetch=512,
             )
@@ -372,12 +378,19 @@ class SnoopListener:
         PRINTER.release(flush_timeout)
 
     # -- the I/O thread
-    def _on_message(self, body: bytes) -> bool:
+    def _on_message(self, body: bytes, routing_key: str | None = None) -> bool:
         try:
-            envelope = self.codec.decode(body)
+            envelope = self.codec.decode(body, routing_key=routing_key)
         except DecodeError as error:
             self.drops.drop(self.network, error.reason)
             return True
+        if envelope.epoch == 0:  # no sender incarnation: a scout message, not a snoop line
+            self.drops.drop(self.network, "no_epoch")
+            return True
+        if self.replays.seen(envelope.sender, envelope.epoch, envelope.seq):
+            self.drops.drop(self.network, "replay")
+            return True
+        self.replays.accept(envelope.sender, envelope.epoch, envelope.seq)
         self.received += 1
         local = envelope.sender in self.local_identities
         for record in _records(envelope.payload):

@@ -50,6 +50,13 @@ from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapte
 
 from miros_rabbitmq.config import Secret, Settings, mask_url
 from miros_rabbitmq.errors import PeerAddressError
+from miros_rabbitmq.wire.names import (
+    CONTENT_TYPE,
+    DEFAULT_HEARTBEAT,
+    DEFAULT_MAX_BUFFER,
+    DIRECT_REPLY_TO,
+    ProbeOutcome,
+)
 
 __all__ = [
     "BrokerAddress",
@@ -70,7 +77,6 @@ logger = logging.getLogger(__name__)
 
 RECONNECT_MIN_DELAY = 0.1
 RECONNECT_MAX_DELAY = 10.0
-DEFAULT_MAX_BUFFER = 10_000
 DRAIN_BATCH = 256  # messages the I/O thread publishes per pass of its loop
 
 class _FixedProperties(pika.BasicProperties):
@@ -87,8 +93,8 @@ class _FixedProperties(pika.BasicProperties):
         return f"<BasicProperties(delivery_mode={self.delivery_mode}, content_type={self.content_type})>"
 
 
-_PERSISTENT = _FixedProperties(delivery_mode=2, content_type="application/x-miros-rabbitmq")
-_TRANSIENT = _FixedProperties(delivery_mode=1, content_type="application/x-miros-rabbitmq")
+_PERSISTENT = _FixedProperties(delivery_mode=2, content_type=CONTENT_TYPE)
+_TRANSIENT = _FixedProperties(delivery_mode=1, content_type=CONTENT_TYPE)
 
 
 # --------------------------------------------------------------------------- the I/O loop
@@ -432,16 +438,14 @@ def _canonical_ip(host: str) -> str:
 
 # --------------------------------------------------------------------------- consumers
 
-ACCEPTED = True
-NO_ROOM = False
-
-
 class Consumer:
     """One queue on a link, bound to an exchange, delivering on the link's I/O thread.
 
     ``on_message(body) -> bool``: True when the message was taken (or is to be
     discarded): it is acked. False when the receiver has no room: the delivery
-    is parked, unacked, and tried again on :meth:`resume`.
+    is parked, unacked, and tried again on :meth:`resume`. With
+    ``with_routing_key=True`` it is called as ``on_message(body, routing_key)``
+    (the key the message was published under: receivers bind tokens to it).
     """
 
     def __init__(
@@ -449,14 +453,16 @@ class Consumer:
         *,
         exchange: str,
         routing_keys: Iterable[str],
-        on_message: Callable[[bytes], bool],
+        on_message: Callable[..., bool],
         queue: str = "",
         exchange_type: str = "topic",
         durable: bool = False,
         expires_ms: int | None = None,
         prefetch: int = 256,
+        with_routing_key: bool = False,
     ) -> None:
         self.exchange = exchange
+        self.with_routing_key = with_routing_key
         self.exchange_type = exchange_type
         self.routing_keys = tuple(routing_keys)
         self.on_message = on_message
@@ -467,7 +473,7 @@ class Consumer:
         self.ready = threading.Event()
         self.waits = 0  # how often the receiver had no room (back-pressure)
         self.link: BrokerLink | None = None
-        self._parked: collections.deque[tuple[Any, int, bytes]] = collections.deque()
+        self._parked: collections.deque[tuple[Any, int, bytes, str]] = collections.deque()
         self._channel: Any = None
         self._tag: str | None = None
         self._ack_upto = 0  # highest delivery tag taken but not yet acked
@@ -485,21 +491,21 @@ class Consumer:
     # -- I/O thread only
     def _deliver(self, channel: Any, method: Any, _properties: Any, body: bytes) -> None:
         if self._parked:
-            self._parked.append((channel, method.delivery_tag, body))
+            self._parked.append((channel, method.delivery_tag, body, method.routing_key))
             return
-        if self._call(body):
+        if self._call(body, method.routing_key):
             self._ack(channel, method.delivery_tag)
         else:
             self.waits += 1  # back-pressure: the receiver had no room
-            self._parked.append((channel, method.delivery_tag, body))
+            self._parked.append((channel, method.delivery_tag, body, method.routing_key))
 
     def _drain_parked(self) -> None:
         while self._parked:
-            channel, tag, body = self._parked[0]
+            channel, tag, body, routing_key = self._parked[0]
             if channel is not self._channel or not channel.is_open:
                 self._parked.popleft()  # the broker redelivers what a dead channel held
                 continue
-            if not self._call(body):
+            if not self._call(body, routing_key):
                 return
             self._parked.popleft()
             self._ack(channel, tag)
@@ -537,8 +543,10 @@ class Consumer:
         self._parked.clear()
         self.ready.clear()
 
-    def _call(self, body: bytes) -> bool:
+    def _call(self, body: bytes, routing_key: str) -> bool:
         try:
+            if self.with_routing_key:
+                return bool(self.on_message(body, routing_key))
             return bool(self.on_message(body))
         except Exception:  # a receiver bug must not kill the I/O thread
             logger.exception("consumer of %s raised; message dropped", self.queue)
@@ -575,7 +583,7 @@ class BrokerLink:
         self,
         address: BrokerAddress,
         *,
-        heartbeat: int = 30,
+        heartbeat: int = DEFAULT_HEARTBEAT,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         exchanges: Iterable[tuple[str, str]] = (),
         identity: tuple[str, int, str, str] | None = None,
@@ -1087,7 +1095,7 @@ class LinkRegistry:
         self._lock = threading.Lock()
         self._links: dict[tuple[str, int, str, str], tuple[BrokerLink, int]] = {}
 
-    def acquire(self, address: BrokerAddress, *, heartbeat: int = 30,
+    def acquire(self, address: BrokerAddress, *, heartbeat: int = DEFAULT_HEARTBEAT,
                 max_buffer: int = DEFAULT_MAX_BUFFER,
                 exchanges: Iterable[tuple[str, str]] = ()) -> BrokerLink:
         key = address.identity()
@@ -1179,7 +1187,6 @@ def _taken(_body: bytes) -> bool:
 
 # --------------------------------------------------------------------------- probes
 
-DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 PROBE_CLOSE_GRACE = 2.0  # seconds a finished probe waits for its broker's Close-Ok
 #: a probe's reason when the port took the connection but no answer came in time
 TIMEOUT_AFTER_CONNECT = "timeout (the port answered; no node holding our key did)"
@@ -1187,11 +1194,35 @@ TIMEOUT_AFTER_CONNECT = "timeout (the port answered; no node holding our key did
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """How a probe ended: ``ok`` when an answer was accepted; ``reason`` says why not."""
+    """How a probe ended: ``ok`` when an answer was accepted; ``outcome`` says
+    why not (read it, not ``reason``, which is text for people)."""
 
     ok: bool
     reason: str
     elapsed: float
+    outcome: ProbeOutcome = ProbeOutcome.ERROR
+
+
+def _outcome_of(error: BaseException | None) -> ProbeOutcome:
+    """The outcome of a connection or channel failure."""
+    if error is None:
+        return ProbeOutcome.ERROR
+    if _is_auth_error(error):
+        return ProbeOutcome.AUTH_REFUSED
+    workflow = error.args[0] if error.args else None
+    if isinstance(workflow, AMQPConnectionWorkflowFailed) and workflow.exceptions:
+        error = workflow.exceptions[-1]
+    if isinstance(error, AMQPConnectorSocketConnectError):
+        cause = error.exception
+        if isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == \
+                errno.ECONNREFUSED:
+            return ProbeOutcome.REFUSED
+        return ProbeOutcome.UNREACHABLE
+    if getattr(error, "reply_code", None) == 404:  # no scout exchange on that broker
+        return ProbeOutcome.NO_RESPONDER
+    if getattr(error, "reply_code", None) in (403, 530):  # access refused, vhost not allowed
+        return ProbeOutcome.AUTH_REFUSED
+    return ProbeOutcome.ERROR
 
 
 class Probe:
@@ -1226,6 +1257,7 @@ class Probe:
         self._sock: socket.socket | None = None
         self._addresses: list[Any] = []
         self._tcp_error = "refused"
+        self._tcp_errno = errno.ECONNREFUSED
 
     def __repr__(self) -> str:
         return f"Probe({self.address.url!r}, result={self.result!r})"
@@ -1235,7 +1267,7 @@ class Probe:
         self._on_done = None
         if self.result is None:
             try:
-                self._loop.add_callback_threadsafe(lambda: self._finish(False, "cancelled"))
+                self._loop.add_callback_threadsafe(lambda: self._finish(False, "cancelled", ProbeOutcome.CANCELLED))
             except Exception:  # the loop is gone: so is the probe
                 pass
 
@@ -1254,12 +1286,16 @@ class Probe:
 
     def _on_deadline(self) -> None:
         # past the TCP knock, silence means a broker without a node that holds our key
-        self._finish(False, "timeout" if self._connection is None else TIMEOUT_AFTER_CONNECT)
+        if self._connection is None:
+            self._finish(False, "timeout", ProbeOutcome.TIMEOUT)
+        else:
+            self._finish(False, TIMEOUT_AFTER_CONNECT, ProbeOutcome.NO_ANSWER)
 
     def _on_resolved(self, records: Any) -> None:
         self._pending = None
         if isinstance(records, BaseException):
-            self._finish(False, f"cannot resolve {self.address.host} ({records})")
+            self._finish(False, f"cannot resolve {self.address.host} ({records})",
+                         ProbeOutcome.UNRESOLVED)
             return
         self._addresses = [record[4] for record in records]
         self._knock()
@@ -1270,7 +1306,9 @@ class Probe:
         if self.result is not None:
             return
         if not self._addresses:
-            self._finish(False, f"no TCP connection ({self._tcp_error})")
+            self._finish(False, f"no TCP connection ({self._tcp_error})",
+                         ProbeOutcome.REFUSED if self._tcp_errno == errno.ECONNREFUSED
+                         else ProbeOutcome.UNREACHABLE)
             return
         target = self._addresses.pop(0)
         sock = self._sock = socket.socket(
@@ -1294,6 +1332,7 @@ class Probe:
             self._sock = None
         if code:
             self._tcp_error = f"[Errno {code}] {os.strerror(code)}"
+            self._tcp_errno = code
             self._knock()  # the next address of that name, if any
             return
         if self.result is not None:
@@ -1359,27 +1398,29 @@ class Probe:
         if self.result is not None or properties.correlation_id != self._correlation_id:
             return
         if self._accept(body):
-            self._finish(True, "answered")
+            self._finish(True, "answered", ProbeOutcome.ANSWERED)
 
     def _on_return(self, _channel: Any, _method: Any, _properties: Any, _body: bytes) -> None:
-        self._finish(False, "no responder on that broker")
+        self._finish(False, "no responder on that broker", ProbeOutcome.NO_RESPONDER)
 
     def _on_channel_closed(self, _channel: Any, reason: BaseException) -> None:
         self._channel = None
-        self._finish(False, _describe(reason))  # e.g. 404: the exchange does not exist there
+        # e.g. 404: the exchange does not exist there
+        self._finish(False, _describe(reason), _outcome_of(reason))
 
     def _on_open_error(self, _connection: Any, error: BaseException) -> None:
-        self._finish(False, _describe(error))
+        self._finish(False, _describe(error), _outcome_of(error))
         self._release()
 
     def _on_closed(self, _connection: Any, reason: BaseException) -> None:
-        self._finish(False, _describe(reason))
+        self._finish(False, _describe(reason), _outcome_of(reason))
         self._release()
 
-    def _finish(self, ok: bool, reason: str) -> None:
+    def _finish(self, ok: bool, reason: str,
+                outcome: ProbeOutcome = ProbeOutcome.ERROR) -> None:
         if self.result is not None:
             return
-        self.result = ProbeResult(ok, reason, time.monotonic() - self._started_at)
+        self.result = ProbeResult(ok, reason, time.monotonic() - self._started_at, outcome)
         if self._timer is not None:
             self._loop.remove_timeout(self._timer)
             self._timer = None

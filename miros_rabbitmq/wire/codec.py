@@ -3,15 +3,30 @@
 Pure logic, no I/O: a :class:`Codec` turns an :class:`Envelope` into a Fernet
 token and back. The plaintext inside the token is::
 
-    b"M2" | u64 seq | u16 len(signal) | u16 len(sender) | u16 len(origin)
-         | signal name | sender id | origin | body (the network's serializer)
+    b"M3" | u8 network | u64 epoch | u64 seq
+         | u16 len(signal) | u16 len(sender) | u16 len(origin) | u16 len(causation)
+         | u16 len(routing key)
+         | signal name | sender id | origin | causation | routing key
+         | body (the network's serializer)
 
 The header carries what the receiver needs before it touches the body: the
-signal name, the sender's identity and sequence number (own-message filter,
-duplicate filter, per-sender order) and the sender's advertised broker
-(aliens). The body is deserialized only after the token authenticated under
-one of the network's keys, so bytes from anyone without a key never reach
-``pickle``.
+network and routing key the token was made for (a token is refused on any
+other network or under any other routing key), the signal name, the
+sender's identity, its incarnation (``epoch``, random per sender) and
+sequence number (own-message filter, replay filter, per-sender order) and
+the sender's advertised broker (aliens), and the causation id: the id
+(``sender:seq``) of the event whose handling transmitted this one, empty
+when none (``miros-rabbitmq view`` draws causal chains from it). The time
+the token was made is
+Fernet's own authenticated timestamp. The body is deserialized only after
+the token authenticated under one of the network's keys, so bytes from
+anyone without a key never reach ``pickle``.
+
+Fernet's ``ttl`` is not used: it refuses a token more than 60 s "in the
+future" and, with a TTL, everything a paused receiver finds on resuming.
+The codec checks the timestamp itself against ``max_age`` (default 6 h,
+either direction); replays to a running receiver are caught by
+:class:`~miros_rabbitmq.wire.replay.ReplayGuard` at any age.
 """
 
 from __future__ import annotations
@@ -23,16 +38,17 @@ import io
 import json
 import pickle
 import struct
-import threading
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from miros import Event, signals
 
+from miros_rabbitmq._miros import Event, make_event, rebuild_event, signal_number
 from miros_rabbitmq.config import Secret
 from miros_rabbitmq.errors import ConfigurationError, DecodeError, SerializationError
+from miros_rabbitmq.wire.names import DEFAULT_MAX_AGE_SEC, DEFAULT_MAX_MESSAGE_BYTES, Network
 
 __all__ = [
     "Envelope",
@@ -41,11 +57,20 @@ __all__ = [
     "PICKLE",
     "JSON",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_MAX_AGE_SEC",
+    "make_event",
+    "signal_number",
+    "rebuild_event",
+    "Network",
 ]
 
-MAGIC = b"M2"
-_HEADER = struct.Struct("!2sQHHH")  # magic, seq, three string lengths
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAGIC = b"M3"
+OLD_MAGIC = b"M2"  # 0.3 development builds: no network, route or epoch inside
+_HEADER = struct.Struct("!2sBQQHHHHH")  # magic, network, epoch, seq, five string lengths
+_NETWORK_IDS = {Network.MESH: 1, Network.SNOOP_TRACE: 2, Network.SNOOP_SPY: 3, Network.SCOUT: 4}
+_NETWORK_OF_ID = {number: network for network, number in _NETWORK_IDS.items()}
+_FERNET_VERSION = 0x80
+_FERNET_MIN_BYTES = 57  # version, timestamp, IV, one AES block, HMAC
 
 
 @dataclass(frozen=True)
@@ -55,46 +80,6 @@ class Serializer:
     name: str
     dumps: Callable[[Any], bytes]
     loads: Callable[[bytes], Any]
-
-
-_signal_lock = threading.Lock()
-_signal_numbers: dict[str, int] = {}  # signal numbers never change once given
-
-
-def signal_number(name: str) -> int:
-    """The local number of a signal name, creating it if new (thread-safe).
-
-    Signal numbers differ between processes; only names cross the wire.
-    """
-    number = _signal_numbers.get(name)
-    if number is None:
-        with _signal_lock:
-            signals.append(name)  # not getattr: a name like "keys" is a dict method
-            number = _signal_numbers[name] = int(signals[name])
-    return number
-
-
-def make_event(signal_name: str, payload: Any) -> Event:
-    """``Event(signal=signal_name, payload=payload)``, without its cost.
-
-    miros's constructor scans the whole signal table; on the receive path
-    that scan is a measurable part of the latency. The attributes set here
-    are the three that constructor sets.
-    """
-    event = Event.__new__(Event)
-    event.payload = payload
-    event.signal = signal_number(signal_name)
-    event.signal_name = signal_name
-    return event
-
-
-def rebuild_event(signal_name: str, payload: Any) -> Event:
-    """Unpickle helper: a miros Event travels as its signal name and payload."""
-    return make_event(signal_name, payload)
-
-
-# pickles name this function by module path: keep the 0.3.0 path (miros_rabbitmq/codec.py)
-rebuild_event.__module__ = "miros_rabbitmq.codec"
 
 
 def _reduce_event(event: Event) -> tuple[Any, tuple[str, Any]]:
@@ -128,20 +113,37 @@ JSON = Serializer(
 
 @dataclass(frozen=True)
 class Envelope:
-    """What one transmitted event, trace line or spy line carries."""
+    """What one transmitted event, trace line, spy line or scout message carries.
+
+    ``causation``: the id of the event whose handling sent this one ("" =
+    none). ``epoch``: the sender's incarnation (0: none, as in scout
+    messages). ``routing_key``: the key the sender publishes it under
+    (checked by the receiver against the key it arrived with). ``sent_at``:
+    the token's authenticated time (set on decode; ignored on encode, where
+    the codec's clock stamps it).
+    """
 
     signal_name: str
     payload: Any
     sender: str
     seq: int
     origin: str = ""
+    causation: str = ""
+    epoch: int = 0
+    routing_key: str = ""
+    sent_at: float = field(default=0.0, compare=False)
 
-    def header(self) -> bytes:
-        """The plaintext before the body: fixed fields, then the three strings."""
-        signal, sender, origin = (self.signal_name.encode(), self.sender.encode(),
-                                  self.origin.encode())
-        return _HEADER.pack(MAGIC, self.seq, len(signal), len(sender), len(origin)) + (
-            signal + sender + origin)
+    @property
+    def event_id(self) -> str:
+        """This message's id as causation ids name it: ``sender:seq``."""
+        return f"{self.sender}:{self.seq}"
+
+    def header(self, network: Network) -> bytes:
+        """The plaintext before the body: fixed fields, then the five strings."""
+        strings = (self.signal_name.encode(), self.sender.encode(), self.origin.encode(),
+                   self.causation.encode(), self.routing_key.encode())
+        return _HEADER.pack(MAGIC, _NETWORK_IDS[network], self.epoch, self.seq,
+                            *(len(s) for s in strings)) + b"".join(strings)
 
 
 def _fernet(keys: Sequence[Secret | str | bytes]) -> MultiFernet:
@@ -161,12 +163,29 @@ def _fernet(keys: Sequence[Secret | str | bytes]) -> MultiFernet:
     return MultiFernet(fernets)
 
 
+def _looks_like_v02(plaintext: bytes) -> bool:
+    """0.2 sent miros's ``Event.dumps``: ``{"signal_name": ..., "payload": ...}``."""
+    if not plaintext.startswith(b"{"):
+        return False
+    try:
+        document = json.loads(plaintext.decode())
+    except ValueError:
+        return False
+    return isinstance(document, dict) and "signal_name" in document
+
+
 class Codec:
     """Encrypts and authenticates the envelopes of one network.
 
     ``keys``: the first key encrypts, every key decrypts (rotation without
-    downtime); ``set_keys`` swaps them at run time. ``ttl``: tokens older
-    than this many seconds are refused (replay window); None accepts any age.
+    downtime); ``set_keys`` swaps them at run time. ``network``: the network
+    the codec's tokens belong to; a token of another network is refused.
+    ``max_age``: tokens made longer ago than this many seconds, or stamped
+    further than this in the future (clock skew), are refused; None accepts
+    any age (replays are then caught by the receiver's replay filter only).
+    ``ttl`` is the 0.3.0 name of ``max_age``. ``clock``: seconds since the
+    epoch (injectable for tests). ``max_message_bytes``: larger tokens are
+    refused before anything else is done with them, sending or receiving.
     """
 
     def __init__(
@@ -174,21 +193,37 @@ class Codec:
         keys: Sequence[Secret | str | bytes],
         *,
         serializer: Serializer = PICKLE,
-        ttl: int | None = None,
+        network: Network | str = Network.MESH,
+        max_age: float | None = DEFAULT_MAX_AGE_SEC,
+        ttl: float | None | bool = False,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._fernet = _fernet(keys)
         self.serializer = serializer
-        self.ttl = ttl
+        self.network = Network(network)
+        self.max_age: float | None = max_age if ttl is False else ttl
         self.max_message_bytes = max_message_bytes
+        self.clock = clock
+
+    @property
+    def ttl(self) -> float | None:
+        """0.3.0 name of :attr:`max_age`."""
+        return self.max_age
+
+    @ttl.setter
+    def ttl(self, value: float | None) -> None:
+        self.max_age = value
 
     def __repr__(self) -> str:
-        return f"Codec(serializer={self.serializer.name!r}, ttl={self.ttl!r}, keys=******)"
+        return (f"Codec(network={self.network.value!r}, serializer={self.serializer.name!r}, "
+                f"max_age={self.max_age!r}, keys=******)")
 
     def set_keys(self, keys: Sequence[Secret | str | bytes]) -> None:
         self._fernet = _fernet(keys)
 
     def encode(self, envelope: Envelope) -> bytes:
+        """The token of ``envelope``; raises :class:`SerializationError` (also when too large)."""
         try:
             body = self.serializer.dumps(envelope.payload)
         except Exception as error:  # the serializer is user-replaceable
@@ -197,58 +232,83 @@ class Codec:
                 f"{envelope.signal_name}: {type(error).__name__}: {error}"
             ) from None
         try:
-            header = envelope.header()
+            header = envelope.header(self.network)
         except (struct.error, UnicodeError):
             raise SerializationError(
                 f"envelope fields out of range for {envelope.signal_name!r}") from None
-        plaintext = header + body
-        return self._fernet.encrypt(plaintext)
-
-    def decode(self, token: bytes) -> Envelope:
-        """Return the envelope, or raise :class:`DecodeError` with a drop reason."""
+        token = self._fernet.encrypt_at_time(header + body, int(self.clock()))
         if len(token) > self.max_message_bytes:
+            raise SerializationError(
+                f"{envelope.signal_name}: {len(token)} bytes on the wire, more than the "
+                f"{self.max_message_bytes} receivers accept (max_message_bytes)")
+        return token
+
+    def decode(self, token: bytes, *, routing_key: str | None = None) -> Envelope:
+        """Return the envelope, or raise :class:`DecodeError` with a drop reason.
+
+        ``routing_key``: the key the token arrived under; a token made for
+        another key is refused (``wrong_route``). None skips that check
+        (direct replies). Reasons: ``too_large``, ``garbage``, ``bad_key``,
+        ``v0.2`` (a miros-rabbitmq 0.2 message), ``old_envelope``,
+        ``wrong_network``, ``wrong_route``, ``expired``, ``deserialize``.
+        """
+        if len(token) > self.max_message_bytes:  # before anything else
             raise DecodeError("too_large", f"{len(token)} bytes")
         try:
-            if self.ttl is None:
-                plaintext = self._fernet.decrypt(token)
-            else:
-                plaintext = self._fernet.decrypt(token, ttl=self.ttl)
+            plaintext = self._fernet.decrypt(token)  # no ttl: no 60 s future-skew limit
         except InvalidToken:
-            raise DecodeError(self._why_invalid(token)) from None
+            raise DecodeError(_why_invalid(token)) from None
         except Exception:  # malformed input must never escape the receive loop
             raise DecodeError("garbage") from None
+        sent_at = _timestamp(token)  # authentic: the token decrypted
         try:
-            magic, seq, signal_len, sender_len, origin_len = _HEADER.unpack_from(plaintext)
-            if magic != MAGIC:
-                raise ValueError("no envelope inside the token")
-            start = _HEADER.size
-            fields = []
-            for length in (signal_len, sender_len, origin_len):
+            magic, network_id, epoch, seq, *lengths = _HEADER.unpack_from(plaintext)
+        except struct.error:
+            magic = b""
+        if magic != MAGIC:
+            if _looks_like_v02(plaintext):
+                raise DecodeError("v0.2", "a miros-rabbitmq 0.2 message") from None
+            if plaintext.startswith(OLD_MAGIC):
+                raise DecodeError("old_envelope", "an envelope of a 0.3 development build")
+            raise DecodeError("garbage", "bad envelope header")
+        network = _NETWORK_OF_ID.get(network_id)
+        if network is not self.network:
+            raise DecodeError("wrong_network", f"a {network.value if network else '?'} token")
+        start = _HEADER.size
+        fields = []
+        try:
+            for length in lengths:
                 fields.append(plaintext[start:start + length].decode())
                 start += length
-            if start > len(plaintext):
-                raise ValueError("truncated envelope")
-        except (struct.error, ValueError):  # UnicodeDecodeError is a ValueError
+        except UnicodeDecodeError:
             raise DecodeError("garbage", "bad envelope header") from None
-        signal_name, sender, origin = fields
+        if start > len(plaintext):
+            raise DecodeError("garbage", "truncated envelope")
+        signal_name, sender, origin, causation, sent_key = fields
+        if routing_key is not None and routing_key != sent_key:
+            raise DecodeError("wrong_route", "routing key differs from the one inside")
+        if self.max_age is not None and abs(self.clock() - sent_at) > self.max_age:
+            raise DecodeError("expired", f"made {self.clock() - sent_at:.0f} s ago")
         try:
             payload = self.serializer.loads(plaintext[start:])
         except Exception as error:
             raise DecodeError("deserialize", type(error).__name__) from None
-        return Envelope(signal_name, payload, sender, seq, origin)
+        return Envelope(signal_name, payload, sender, seq, origin, causation, epoch, sent_key,
+                        float(sent_at))
 
-    def _why_invalid(self, token: bytes) -> str:
-        """Tell garbage, a token under another key, and an expired authentic token apart."""
-        try:
-            raw = base64.urlsafe_b64decode(token)
-        except (binascii.Error, ValueError):
-            return "garbage"
-        if len(raw) < 57 or raw[0] != 0x80:  # not a Fernet token at all
-            return "garbage"
-        if self.ttl is not None:
-            try:
-                self._fernet.decrypt(token)
-            except Exception:
-                return "bad_key"
-            return "expired"
-        return "bad_key"
+
+def _timestamp(token: bytes) -> int:
+    """The Fernet timestamp (bytes 1..8 of the decoded token); call only on authentic tokens."""
+    raw = base64.urlsafe_b64decode(token)
+    return int.from_bytes(raw[1:9], "big")
+
+
+def _why_invalid(token: bytes) -> str:
+    """Tell garbage from a token under another key, without a second decryption."""
+    try:
+        raw = base64.urlsafe_b64decode(token)
+    except (binascii.Error, ValueError):
+        return "garbage"
+    if len(raw) < _FERNET_MIN_BYTES or raw[0] != _FERNET_VERSION:  # not a Fernet token at all
+        return "garbage"
+    return "bad_key"
