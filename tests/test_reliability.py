@@ -82,12 +82,15 @@ class Restarter:
     """Restarts a broker (``stop_app``/``start_app``) and keeps proof that it did.
 
     ``stop_app`` returns once the broker stopped answering AMQP and ``start_app``
-    once it answers again: both are observed, not assumed. An exception in the
-    scenario's restarter thread is kept and raised by :meth:`check`.
+    once it answers again: both are observed, not assumed. Before it returns,
+    the ``clients`` connections of the scenario are back on the broker (each
+    restart then costs every link a reconnect). An exception in the scenario's
+    restarter thread is kept and raised by :meth:`check`.
     """
 
-    def __init__(self, node) -> None:
+    def __init__(self, node, *, clients: int) -> None:
         self.node = node
+        self.clients = clients
         self.done = 0
         self.downtimes: list[float] = []
         self.errors: list[BaseException] = []
@@ -99,10 +102,16 @@ class Restarter:
             assert not self.node.answers(0.2), "the broker still answers after stop_app"
             self.node.start_app()
             self.downtimes.append(time.monotonic() - down)
+            wait_for(lambda: len(self._connections()) >= self.clients, 60, 0.2,
+                     f"{self.clients} connections back on the restarted broker")
             self.done += 1
         except BaseException as error:
             self.errors.append(error)
             raise
+
+    def _connections(self) -> list[str]:
+        out = self.node.ctl("list_connections", "-q", "--no-table-headers", "peer_port").stdout
+        return [line for line in out.split() if line.isdigit()]
 
     def check(self, restarts: int) -> None:
         if self.errors:
@@ -128,7 +137,7 @@ def check_restarted(result, restarter: Restarter, restarts: int, *,
 def test_receivers_broker_restarted_twice_loses_nothing(mesh_env, extra_rabbitmq_node) -> None:
     node = extra_rabbitmq_node
     local_port = int(os.environ.get("RABBIT_PORT", "5672"))
-    restarter = Restarter(node)
+    restarter = Restarter(node, clients=2)  # the receiver's link and the sender's to it
     result = run_scenario(events=EVENTS, sender_port=local_port, receiver_ports=[node.port],
                           restart=restarter, restarts=2)
     # the sender's link to the peer and the receiver's own link both reconnected
@@ -144,7 +153,7 @@ def test_receivers_broker_restarted_twice_loses_nothing(mesh_env, extra_rabbitmq
 def test_senders_broker_restarted_twice_loses_nothing(mesh_env, extra_rabbitmq_node) -> None:
     node = extra_rabbitmq_node
     local_port = int(os.environ.get("RABBIT_PORT", "5672"))
-    restarter = Restarter(node)
+    restarter = Restarter(node, clients=2)  # the sender's link and its neighbour's
     # the sender lives on the restarted broker, with one receiver beside it
     # and one on the other broker
     result = run_scenario(events=EVENTS, sender_port=node.port,
