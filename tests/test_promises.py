@@ -163,8 +163,10 @@ def test_stop_flushes_what_is_pending_and_deletes_the_charts_queues(
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert sender.stdout is not None and sender.stdin is not None
-        ready = sender.stdout.readline()
-        assert ready.startswith("READY "), ready
+        ready = ""
+        while not ready.startswith("READY "):  # (its snoop trace may come first)
+            ready = sender.stdout.readline()
+            assert ready, "the sender ended before it was ready"
         identity = ready.split()[1]
         own = _queues(node) - before
         assert f"miros.mesh.{identity}" in own and len(own) >= 2, own  # events, snoop, scouts
