@@ -1,30 +1,42 @@
 """Settings from arguments, the environment and a ``.env`` file (python-dotenv).
 
 Precedence: an explicit constructor argument, then the process environment,
-then the first ``.env`` found in the working directory or one of its parents.
+then the nearest ``.env`` upward from the working directory (the working
+directory first, then each parent). Only a regular file (or a symlink to one)
+counts as a ``.env``: a FIFO, a device or a folder named ``.env`` is skipped,
+so start-up never blocks on it. Values are read literally: ``${VAR}`` is not
+expanded (a secret never comes from another variable by accident).
 Secret values are wrapped in :class:`Secret` so that no ``repr``, log line or
 exception text can show them.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import ssl
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from dotenv import dotenv_values, find_dotenv
+from dotenv import dotenv_values
 
 from miros_rabbitmq.errors import ConfigurationError, EnvContractBroken
 from miros_rabbitmq.wire.names import (
     DEFAULT_CONNECTION_ATTEMPTS,
     DEFAULT_HEARTBEAT,
     DEFAULT_PORT,
+    DEFAULT_TLS_PORT,
 )
 
-__all__ = ["Secret", "Settings", "load_settings", "mask_url"]
+__all__ = ["Secret", "Settings", "TlsConfig", "find_env_file", "load_settings", "mask_url",
+           "read_env_file"]
 
 logger = logging.getLogger(__name__)
+
+ENV_FILE_MAX_BYTES = 1 << 20  # a .env is a few lines; anything bigger is not one
 
 
 class Secret:
@@ -63,6 +75,71 @@ def mask_url(url: str) -> str:
     return f"{scheme}://{user}:******@{hostpart}"
 
 
+@dataclass(frozen=True)
+class TlsConfig:
+    """How to make a TLS connection: the CA that signs the brokers' certificates
+    (None: the system's CAs), an optional client certificate and key, and
+    whether the certificate must also name the host (``check_hostname``).
+    The server's certificate is always verified: there is no "TLS without
+    verification" mode, which would let anyone in the middle read the login."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    check_hostname: bool = True
+
+    def context(self) -> ssl.SSLContext:
+        """A client SSLContext (raises ConfigurationError for unreadable files)."""
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+            context.check_hostname = self.check_hostname
+            context.verify_mode = ssl.CERT_REQUIRED
+            if self.cert_file:
+                context.load_cert_chain(self.cert_file, self.key_file or None)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigurationError(f"TLS files: {error}") from None
+        return context
+
+
+def find_env_file(start: str | os.PathLike[str] | None = None) -> str | None:
+    """The nearest regular file named ``.env`` from ``start`` (default: the
+    working directory) upward, or None. Anything else named ``.env`` (a FIFO,
+    a folder, a device) is skipped: reading it could block start-up."""
+    folder = Path(start if start is not None else os.getcwd()).absolute()
+    for candidate in (folder, *folder.parents):
+        path = candidate / ".env"
+        try:
+            if stat.S_ISREG(os.stat(path).st_mode):
+                return str(path)
+        except OSError:
+            continue
+    return None
+
+
+def read_env_file(path: str | os.PathLike[str]) -> dict[str, str | None]:
+    """The values of a ``.env`` file, literally (no ``${VAR}`` expansion).
+
+    Opened without blocking and checked again after opening (the file may
+    have been swapped for a FIFO since it was found). A missing file has no
+    values; anything else that is not a readable regular file raises
+    ConfigurationError.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return {}  # as python-dotenv: no file, no values
+    except OSError as error:
+        raise ConfigurationError(f"cannot read {path}: {error.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigurationError(f"{path} is not a regular file")
+        data = handle.read(ENV_FILE_MAX_BYTES + 1)
+    if len(data) > ENV_FILE_MAX_BYTES:
+        raise ConfigurationError(f"{path} is larger than {ENV_FILE_MAX_BYTES} bytes")
+    text = data.decode("utf-8", errors="replace")
+    return dict(dotenv_values(stream=io.StringIO(text), interpolate=False))
+
+
 def _keys(value: str | bytes | Secret | Sequence[str | bytes] | None) -> tuple[Secret, ...]:
     """Normalize one key or a list of keys (first encrypts, all decrypt)."""
     if value is None:
@@ -93,6 +170,13 @@ class Settings:
     heartbeat: int = DEFAULT_HEARTBEAT
     connection_attempts: int = DEFAULT_CONNECTION_ATTEMPTS
     lan_discovery: bool = True
+    #: TLS to the local broker (``RABBIT_TLS``); ``tls_config`` also serves amqps:// peers
+    rabbit_tls: bool = False
+    tls_config: TlsConfig = field(default_factory=TlsConfig)
+    #: the low-privilege account scouts log in with (``SCOUT_USER`` / ``SCOUT_PASSWORD``);
+    #: None: scouts use ``rabbit_user`` (see docs/security.md)
+    scout_user: str | None = None
+    scout_password: Secret | None = None
 
 
 def _lookup(name: str, env: Mapping[str, str | None], dotenv: Mapping[str, str | None]) -> str | None:
@@ -142,8 +226,8 @@ def load_settings(
     set; ``mesh_keys`` is then empty.
     """
     env: Mapping[str, str | None] = os.environ if environ is None else environ
-    path = dotenv_path if dotenv_path is not None else find_dotenv(usecwd=True)
-    dotenv: Mapping[str, str | None] = dotenv_values(path) if path else {}
+    path = dotenv_path if dotenv_path is not None else find_env_file()
+    dotenv: Mapping[str, str | None] = read_env_file(path) if path else {}
 
     user = rabbit_user or _lookup("RABBIT_USER", env, dotenv)
     if not user:
@@ -167,8 +251,19 @@ def load_settings(
             else "MESH_ENCRYPTION_KEY")
         raise EnvContractBroken(missing, "make one with: miros-rabbitmq keygen")
 
+    tls = _flag(_lookup("RABBIT_TLS", env, dotenv), False)
+    tls_config = TlsConfig(
+        ca_file=_lookup("RABBIT_CA_FILE", env, dotenv),
+        cert_file=_lookup("RABBIT_CERT_FILE", env, dotenv),
+        key_file=_lookup("RABBIT_KEY_FILE", env, dotenv),
+        check_hostname=_flag(_lookup("RABBIT_TLS_CHECK_HOSTNAME", env, dotenv), True))
+    scout_user = _lookup("SCOUT_USER", env, dotenv)
+    raw_scout_password = _lookup("SCOUT_PASSWORD", env, dotenv)
+    if scout_user and not raw_scout_password:
+        raise EnvContractBroken("SCOUT_PASSWORD", "SCOUT_USER is set")
     port = rabbit_port if rabbit_port is not None else _integer(
-        "RABBIT_PORT", _lookup("RABBIT_PORT", env, dotenv), DEFAULT_PORT)
+        "RABBIT_PORT", _lookup("RABBIT_PORT", env, dotenv),
+        DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
     if not 0 < port < 65536:
         raise ConfigurationError(f"RABBIT_PORT must be in 1..65535, got {port}")
     return Settings(
@@ -185,4 +280,8 @@ def load_settings(
                                      DEFAULT_CONNECTION_ATTEMPTS),
         lan_discovery=lan_discovery if lan_discovery is not None else _flag(
             _lookup("MIROS_RABBITMQ_LAN_DISCOVERY", env, dotenv), True),
+        rabbit_tls=tls,
+        tls_config=tls_config,
+        scout_user=scout_user or None,
+        scout_password=Secret(raw_scout_password) if scout_user and raw_scout_password else None,
     )

@@ -4,29 +4,36 @@ Run as a script, one OS process per worker::
 
     python tests/cache_worker.py stress --file F --worker-id 3 --seconds 3
     python tests/cache_worker.py hold --file F          # lock, print LOCKED, wait to be killed
+    python tests/cache_worker.py queue --file F         # QUEUED behind a writer, then LOCKED
     python tests/cache_worker.py user --file F --uid 65534 --gid 65534
 
 ``stress`` prints ``READY``, waits for a line on stdin, then for ``--seconds``
-does random operations through a real :class:`CacheFileChart`: a write
-(probability ``--write-ratio``) of a document that embeds its own checksum,
-always followed by a read answered by the chart's ``CACHE`` event. Each read
-is checked: the checksum matches, and the document is this worker's last
-write or one written after it. It prints one ``RESULT {json}`` line.
+does random operations through a real :class:`CacheFileChart`, pausing
+``uniform(0, 2 * --pause)`` seconds between them: a write (probability
+``--write-ratio``) of a document of ``--doc-min``..``--doc-max`` bytes that
+embeds its own checksum (published, not waited for: the chart queues and
+coalesces), or else a read answered by the chart's ``CACHE`` event. Each
+read is checked: the checksum matches, and the document is this worker's
+last write or one written after it. Every write the chart completes is
+appended, while the lock is still held, to ``<file>.journal``: the journal
+is the order in which documents replaced the file. It prints one
+``RESULT {json}`` line.
 
-:func:`run_swarm` starts N such workers, releases them together, and sums
-up their results; the test suite and ``benchmarks/cache_file.py`` both use it.
+:func:`run_swarm` starts N such workers, releases them together, SIGKILLs
+``kill`` of them half-way, and sums up the results of the others; the test
+suite and ``benchmarks/cache_file.py`` both use it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import queue
 import random
 import selectors
-import string
 import subprocess
 import sys
 import time
@@ -48,14 +55,16 @@ def checksum(document: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def make_document(writer: int, seq: int, rng: random.Random) -> dict[str, Any]:
-    size = rng.randint(16, 2048)
+def make_document(
+    writer: int, seq: int, rng: random.Random, size_range: tuple[int, int] = (16, 2048)
+) -> dict[str, Any]:
+    size = rng.randint(*size_range)
     document: dict[str, Any] = {
         "writer": writer,
         "seq": seq,
         "time_out_in_minutes": TIME_OUT_IN_MINUTES,
         "addresses": [f"10.{writer % 250}.{seq % 250}.{i}" for i in range(rng.randint(0, 8))],
-        "filler": "".join(rng.choices(string.ascii_letters, k=size)),
+        "filler": rng.randbytes((size + 1) // 2).hex()[:size],  # C speed: 20 kB in µs
     }
     document["checksum"] = checksum(document)
     return document
@@ -94,6 +103,27 @@ def _make_listener(signal_name: str, sink: queue.Queue[Any]) -> Any:
     return listener
 
 
+def chart_class(policy: str, journal: str | None) -> Any:
+    """CacheFileChart with ``WAIT_POLICY = policy`` that journals its completed writes."""
+    from miros_rabbitmq.cache.cache_file_chart import CacheFileChart
+
+    class JournalingChart(CacheFileChart):
+        WAIT_POLICY = policy
+
+        def _committed(self, request: Any) -> None:
+            if journal and request.data is not None:
+                # still under the exclusive lock: journal order = replacement order
+                document = json.loads(request.data)
+                line = f"{document['writer']} {document['seq']} {os.getpid()}\n".encode()
+                fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, line)
+                finally:
+                    os.close(fd)
+
+    return JournalingChart
+
+
 def stress(args: argparse.Namespace) -> int:
     """The ``stress`` mode as a script: READY on stdout, GO on stdin, RESULT on stdout."""
 
@@ -109,13 +139,16 @@ def stress_body(args: Any, ready: Any, wait_for_go: Any) -> dict[str, Any]:
     """One stress worker: build the charts, call ``ready()``, ``wait_for_go()``, run, report."""
     from miros import Event, signals
 
-    from miros_rabbitmq.cache.cache_file_chart import CacheFileChart
     from miros_rabbitmq.payloads import CacheWritePayload
 
     rng = random.Random(args.seed * 1_000_003 + args.worker_id)
     answers: queue.Queue[Any] = queue.Queue()
     listener = _make_listener("CACHE", answers)
-    chart = CacheFileChart(args.file, default_json=initial_document())
+    policy = getattr(args, "policy", "queue")
+    journal = getattr(args, "journal", None)
+    sizes = (getattr(args, "doc_min", 16), getattr(args, "doc_max", 2048))
+    pause = getattr(args, "pause", 0.0)
+    chart = chart_class(policy, journal)(args.file, default_json=initial_document())
     target = chart.file_path  # address our chart only, by path
 
     ready()
@@ -133,9 +166,13 @@ def stress_body(args: Any, ready: Any, wait_for_go: Any) -> dict[str, Any]:
     read_latencies: list[float] = []
 
     while True:
+        if pause > 0:
+            time.sleep(rng.uniform(0, 2 * pause))
+        if time.monotonic() >= deadline:
+            break
         if rng.random() < args.write_ratio:
             seq += 1
-            document = make_document(args.worker_id, seq, rng)
+            document = make_document(args.worker_id, seq, rng, sizes)
             last_write = (args.worker_id, seq)
             seen_before_last_write = frozenset(seen)
             listener.publish(
@@ -144,6 +181,8 @@ def stress_body(args: Any, ready: Any, wait_for_go: Any) -> dict[str, Any]:
                     payload=CacheWritePayload(json=document, file_name=target),
                 )
             )
+            if pause > 0:
+                continue  # paced mode: an operation is a write or a read
         asked = time.monotonic()
         listener.publish(Event(signal=signals.CACHE_FILE_READ, payload=target))
         try:
@@ -175,6 +214,10 @@ def stress_body(args: Any, ready: Any, wait_for_go: Any) -> dict[str, Any]:
             break
 
     finished = time.monotonic()
+    # let writes still queued reach the file before we look at the figures
+    drain_deadline = time.monotonic() + args.read_timeout
+    while chart.pending and time.monotonic() < drain_deadline:
+        time.sleep(0.005)
     stats = chart.stats
     result = {
         "worker_id": args.worker_id,
@@ -189,8 +232,13 @@ def stress_body(args: Any, ready: Any, wait_for_go: Any) -> dict[str, Any]:
         "errors": stats.errors,
         "repaired": stats.repaired,
         "retries": stats.retries,
+        "coalesced": stats.coalesced,
+        "published_writes": seq,
+        "undrained": chart.pending,
         "duration": finished - started,
         "waits": [round(w, 6) for w in stats.waits],
+        "read_waits": [round(w, 6) for w in stats.read_waits],
+        "write_waits": [round(w, 6) for w in stats.write_waits],
         "holds": [round(w, 6) for w in stats.holds],
         "read_latencies": [round(w, 6) for w in read_latencies],
         "problems": problems[:10],
@@ -227,6 +275,19 @@ def hold(args: argparse.Namespace) -> int:
         prefix="." + os.path.basename(file.path) + ".", suffix=".tmp", dir=folder
     )
     os.write(fd, b'{"writer": 99, "half')
+    print("LOCKED", flush=True)
+    sys.stdin.read()  # until killed (or stdin closes)
+    return 0
+
+
+def wait_in_line(args: argparse.Namespace) -> int:
+    """Take a place in the writers' queue (QUEUED), wait for the lock (LOCKED), wait to be killed."""
+    from miros_rabbitmq.cache.locked_json_file import LockedJsonFile
+
+    file = LockedJsonFile(args.file, initial_document())
+    if not file.try_lock_in_turn():
+        print("QUEUED", flush=True)
+        file.wait_lock()
     print("LOCKED", flush=True)
     sys.stdin.read()  # until killed (or stdin closes)
     return 0
@@ -295,8 +356,11 @@ class SwarmReport:
     results: list[dict[str, Any]] = field(default_factory=list)
     hung: list[int] = field(default_factory=list)  #: worker ids that did not finish
     crashed: list[int] = field(default_factory=list)  #: worker ids without a RESULT
+    killed: list[int] = field(default_factory=list)  #: worker ids SIGKILLed on purpose
     final_document: Any = None
-    final_valid: bool = False  #: final file is one of the written documents
+    final_valid: bool = False  #: final file is the last document the journal records
+    journal_entries: int = 0  #: writes that replaced the file (from the journal)
+    lost_writes: int = 0  #: completed writes missing from the journal, or a wrong final file
 
     def total(self, key: str) -> int:
         return sum(int(r[key]) for r in self.results)
@@ -311,12 +375,16 @@ class SwarmReport:
         index = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
         return values[index]
 
+    def values(self, key: str) -> list[float]:
+        return sorted(w for r in self.results for w in r.get(key, []))
+
     @property
     def ok(self) -> bool:
         return (
             not self.hung
             and not self.crashed
-            and len(self.results) == self.procs
+            and len(self.results) == self.procs - len(self.killed)
+            and self.lost_writes == 0
             and self.total("invalid") == 0
             and self.total("violations") == 0
             and self.total("errors") == 0
@@ -331,7 +399,9 @@ class SwarmReport:
         if self.crashed:
             found.append(f"workers without result: {self.crashed}")
         if not self.final_valid:
-            found.append(f"final file not a written document: {str(self.final_document)[:200]}")
+            found.append(f"final file not the last journalled document: {str(self.final_document)[:200]}")
+        if self.lost_writes:
+            found.append(f"{self.lost_writes} lost writes")
         return found
 
 
@@ -347,6 +417,10 @@ def run_swarm(
     finish_grace: float = 120.0,
     start_method: str = "forkserver",
     stderr_path: str | os.PathLike[str] | None = None,
+    policy: str = "queue",
+    pause: float = 0.0,
+    doc_size: tuple[int, int] = (16, 2048),
+    kill: int = 0,
 ) -> SwarmReport:
     """Run ``procs`` stress workers on one file for ``seconds`` and collect their results.
 
@@ -355,9 +429,14 @@ def run_swarm(
     import costs about 0.4 s of CPU per process); ``"subprocess"`` starts
     ``python tests/cache_worker.py stress ...`` for each worker. Either way
     every worker is its own OS process with its own charts and threads; all
-    are released together once every one of them is ready.
+    are released together once every one of them is ready. ``kill`` workers
+    (chosen at random with ``seed``) are SIGKILLed half-way through the run.
     """
     report = SwarmReport(procs=procs, seconds=seconds)
+    journal = os.fspath(path) + ".journal"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(journal)
+    victims = sorted(random.Random(seed).sample(range(procs), min(kill, procs)))
     options = [
         {
             "file": os.fspath(path),
@@ -367,25 +446,40 @@ def run_swarm(
             "seed": seed,
             "read_timeout": read_timeout,
             "start_timeout": start_timeout,
+            "policy": policy,
+            "journal": journal,
+            "pause": pause,
+            "doc_min": doc_size[0],
+            "doc_max": doc_size[1],
         }
         for worker_id in range(procs)
     ]
+    kill_after = seconds / 2
     if start_method == "forkserver":
-        raw = _swarm_forkserver(report, options, start_timeout, seconds + finish_grace)
+        raw = _swarm_forkserver(
+            report, options, start_timeout, seconds + finish_grace, victims, kill_after
+        )
     elif start_method == "subprocess":
-        raw = _swarm_subprocess(report, options, start_timeout, seconds + finish_grace, stderr_path)
+        raw = _swarm_subprocess(
+            report, options, start_timeout, seconds + finish_grace, stderr_path, victims, kill_after
+        )
     else:
         raise ValueError(f"unknown start_method {start_method!r}")
-    report.results = [raw[i] for i in sorted(raw)]
+    report.results = [raw[i] for i in sorted(raw) if i not in report.killed]
     for worker_id in range(procs):
-        if worker_id not in raw and worker_id not in report.hung + report.crashed:
+        if worker_id not in raw and worker_id not in report.hung + report.crashed + report.killed:
             report.crashed.append(worker_id)
-    _check_final_file(report, path)
+    _check_final_file(report, path, journal)
     return report
 
 
 def _swarm_forkserver(
-    report: SwarmReport, options: list[dict[str, Any]], start_timeout: float, run_timeout: float
+    report: SwarmReport,
+    options: list[dict[str, Any]],
+    start_timeout: float,
+    run_timeout: float,
+    victims: list[int],
+    kill_after: float,
 ) -> dict[int, dict[str, Any]]:
     import multiprocessing
     from multiprocessing.connection import wait
@@ -427,13 +521,22 @@ def _swarm_forkserver(
         go.set()
         waiting = {r: i for r, i in connections.items() if i not in report.crashed}
         deadline = go_at + run_timeout
+        kill_at = go_at + kill_after if victims else None
         while waiting and time.monotonic() < deadline:
-            for receiver in wait(list(waiting), timeout=deadline - time.monotonic()):
+            if kill_at is not None and time.monotonic() >= kill_at:
+                kill_at = None
+                for worker_id in victims:
+                    if processes[worker_id].is_alive():
+                        processes[worker_id].kill()  # SIGKILL, mid-run
+                        report.killed.append(worker_id)
+            until = deadline if kill_at is None else min(deadline, kill_at)
+            for receiver in wait(list(waiting), timeout=max(0.0, until - time.monotonic())):
                 worker_id = waiting.pop(receiver)
                 try:
                     raw[worker_id] = receiver.recv()
                 except EOFError:
-                    report.crashed.append(worker_id)
+                    if worker_id not in report.killed:
+                        report.crashed.append(worker_id)
         report.hung.extend(waiting.values())
         for worker_id, process in processes.items():
             process.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -456,6 +559,8 @@ def _swarm_subprocess(
     start_timeout: float,
     run_timeout: float,
     stderr_path: str | os.PathLike[str] | None,
+    victims: list[int],
+    kill_after: float,
 ) -> dict[int, dict[str, Any]]:
     env = worker_env()
     stderr = open(stderr_path, "ab") if stderr_path else subprocess.DEVNULL  # noqa: SIM115
@@ -467,7 +572,9 @@ def _swarm_subprocess(
         spawn_started = time.monotonic()
         for option in options:
             command = worker_command("stress")
-            for key in ("file", "worker_id", "seconds", "write_ratio", "seed", "read_timeout"):
+            keys = ("file", "worker_id", "seconds", "write_ratio", "seed", "read_timeout")
+            keys += ("policy", "journal", "pause", "doc_min", "doc_max")
+            for key in keys:
                 command += ["--" + key.replace("_", "-"), str(option[key])]
             process = subprocess.Popen(
                 command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env
@@ -505,12 +612,20 @@ def _swarm_subprocess(
                 process.stdin.close()
             except OSError:
                 pass
+        if victims:
+            pump(go_at + kill_after, lambda: not selector.get_map())
+            for worker_id in victims:
+                if workers[worker_id].poll() is None:
+                    workers[worker_id].kill()  # SIGKILL, mid-run
+                    report.killed.append(worker_id)
         pump(go_at + run_timeout, lambda: not selector.get_map())
         for worker_id, process in workers.items():
             try:
                 process.wait(timeout=max(0.1, go_at + run_timeout - time.monotonic()))
             except subprocess.TimeoutExpired:
                 report.hung.append(worker_id)
+        for worker_id in report.killed:
+            buffers[worker_id] = b""
         report.run_sec = time.monotonic() - go_at
         for worker_id, data in buffers.items():
             for line in data.decode(errors="replace").splitlines():
@@ -527,20 +642,38 @@ def _swarm_subprocess(
     return raw
 
 
-def _check_final_file(report: SwarmReport, path: str | os.PathLike[str]) -> None:
-    """The file left at the end must be one of the documents the workers wrote."""
-    max_seq = {r["worker_id"]: r["max_seq"] for r in report.results}
+def _check_final_file(report: SwarmReport, path: str | os.PathLike[str], journal: str) -> None:
+    """No write lost: the journal holds every completed write, and the file the last one.
+
+    A SIGKILLed worker may die between its rename and its journal line: then
+    the file holds a valid document of that worker that the journal lacks.
+    """
     try:
         with open(path, "rb") as handle:
             report.final_document = json.loads(handle.read())
     except (OSError, ValueError) as error:
         report.final_document = repr(error)
+    try:
+        with open(journal, encoding="ascii") as handle:
+            entries = [tuple(int(x) for x in line.split()[:2]) for line in handle if line.strip()]
+    except FileNotFoundError:
+        entries = []
+    report.journal_entries = len(entries)
+    per_writer: dict[int, int] = {}
+    for writer, _ in entries:
+        per_writer[writer] = per_writer.get(writer, 0) + 1
+    report.lost_writes = sum(
+        abs(int(r["writes"]) - per_writer.get(int(r["worker_id"]), 0)) for r in report.results
+    )
     document = report.final_document
     if document_valid(document):
-        writer, seq = document["writer"], document["seq"]
-        report.final_valid = (writer, seq) == (INITIAL_WRITER, 0) or (
-            writer in max_seq and 1 <= seq <= max_seq[writer]
+        final = (document["writer"], document["seq"])
+        last = entries[-1] if entries else (INITIAL_WRITER, 0)
+        report.final_valid = final == last or (
+            final[0] in report.killed and final not in set(entries)
         )
+    if not report.final_valid:
+        report.lost_writes += 1
 
 
 # -------------------------------------------------------------------- main
@@ -555,14 +688,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--read-timeout", type=float, default=60.0)
     p.add_argument("--start-timeout", type=float, default=300.0)
+    p.add_argument("--policy", choices=("queue", "backoff"), default="queue")
+    p.add_argument("--journal", default=None)
+    p.add_argument("--pause", type=float, default=0.0)
+    p.add_argument("--doc-min", type=int, default=16)
+    p.add_argument("--doc-max", type=int, default=2048)
     p = sub.add_parser("hold")
+    p.add_argument("--file", required=True)
+    p = sub.add_parser("queue")
     p.add_argument("--file", required=True)
     p = sub.add_parser("user")
     p.add_argument("--file", required=True)
     p.add_argument("--uid", type=int, default=65534)
     p.add_argument("--gid", type=int, default=65534)
     args = parser.parse_args(argv)
-    return {"stress": stress, "hold": hold, "user": as_user}[args.mode](args)
+    return {"stress": stress, "hold": hold, "queue": wait_in_line, "user": as_user}[args.mode](args)
 
 
 if __name__ == "__main__":

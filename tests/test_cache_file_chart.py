@@ -428,26 +428,127 @@ def test_live_trace_reads_like_the_seed(tmp_path, make_chart, listener):
 
 
 # ------------------------------------------------------ chart: contention
-def test_busy_lock_reposts_with_growing_delay_and_keeps_order(tmp_path, make_chart, listener):
+class BackoffChart(CacheFileChart):
+    """The seed's waiting policy (the benchmark's anchor row)."""
+
+    WAIT_POLICY = "backoff"
+
+
+def _waiter_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.endswith(".lock_waiter")]
+
+
+def test_reads_need_no_lock(tmp_path, make_chart, listener):
     path = tmp_path / "c.json"
-    chart = make_chart(str(path), default_json=LAN)
+    make_chart(str(path), default_json=LAN)
     other = LockedJsonFile(str(path))  # another open file description: excludes like a process
+    assert other.try_lock()  # a writer holds the lock
+    try:
+        listener.read(str(path))
+        assert listener.get("c.json", timeout=WAIT).dict == LAN  # answered while it is held
+    finally:
+        other.close()
+
+
+def test_blocked_writer_wakes_when_the_lock_is_released(tmp_path, make_chart, listener):
+    lines: list[str] = []
+    path = tmp_path / "c.json"
+    chart = make_chart(str(path), default_json=LAN, live_trace=lines.append)
+    other = LockedJsonFile(str(path))
     assert other.try_lock()
     try:
         listener.write(dict(LAN, time_out_in_minutes=1), "c.json")
+        listener.read(str(path))
+        wait_for(lambda: chart.stats.retries >= 1)
+        assert listener.nothing(within=0.3)  # the read waits behind the write
+        assert chart.stats.retries == 1  # no polling: one wait in the kernel
+        wait_for(lambda: len(_waiter_threads()) == 1)
+        assert json.loads(path.read_text()) == LAN
+    finally:
+        other.unlock()
+    released = time.monotonic()
+    answer = listener.get("c.json", timeout=WAIT)
+    assert time.monotonic() - released < 2.0  # woken by the kernel, not after a random delay
+    assert answer.dict == dict(LAN, time_out_in_minutes=1)
+    assert chart.stats.writes == 1 and chart.pending == 0
+    # the live trace reads as for an unblocked write: the same events, the same states
+    wait_for(lambda: len(lines) >= 5)
+    transitions = [re.sub(r"^.*\] ", "", line.strip()) for line in lines if line.strip()]
+    assert transitions == [
+        "e->start_at() top->file_access_waiting",
+        "e->file_write() file_access_waiting->file_write",
+        "e->write_successful() file_write->file_access_waiting",
+        "e->file_read() file_access_waiting->file_read",
+        "e->read_successful() file_read->file_access_waiting",
+    ]
+    other.close()
+
+
+def test_pending_writes_are_coalesced_in_order(tmp_path, make_chart, listener):
+    path = tmp_path / "c.json"
+    chart = make_chart(str(path), default_json=LAN)
+    other = LockedJsonFile(str(path))
+    assert other.try_lock()
+
+    def post(signal_name: str, payload: Any) -> None:
+        # straight into the chart's FIFO queue: miros's fabric (a heap of equal
+        # priorities) may reorder events published in a burst
+        chart.post_fifo(Event(signal=signal_name, payload=payload))
+
+    try:
+        for minutes in range(1, 6):
+            post("CACHE_FILE_WRITE", CacheWritePayload(dict(LAN, time_out_in_minutes=minutes), "c.json"))
+        post("CACHE_FILE_READ", str(path))
+        post("CACHE_FILE_WRITE", CacheWritePayload(dict(LAN, time_out_in_minutes=6), "c.json"))
+        wait_for(lambda: chart.stats.coalesced >= 5)
+        assert chart.pending == 2  # one write (the newest document), then the read
+    finally:
+        other.unlock()
+    answer = listener.get("c.json", timeout=WAIT)
+    # the read sees the writes published before it, or a later one
+    assert answer.dict == dict(LAN, time_out_in_minutes=6)
+    wait_for(lambda: chart.pending == 0)
+    assert chart.stats.writes == 1 and chart.stats.coalesced == 5
+    assert json.loads(path.read_text()) == dict(LAN, time_out_in_minutes=6)
+    other.close()
+
+
+def test_write_after_a_started_write_is_not_coalesced_into_it(tmp_path, make_chart, listener):
+    path = tmp_path / "c.json"
+    chart = make_chart(str(path), default_json=LAN)
+    listener.write(dict(LAN, time_out_in_minutes=1), "c.json")
+    listener.read(str(path))
+    assert listener.get("c.json").dict == dict(LAN, time_out_in_minutes=1)
+    listener.write(dict(LAN, time_out_in_minutes=2), "c.json")
+    listener.read(str(path))
+    assert listener.get("c.json").dict == dict(LAN, time_out_in_minutes=2)
+    assert chart.stats.writes == 2 and chart.stats.coalesced == 0
+
+
+def test_backoff_policy_reposts_with_growing_delay_and_keeps_order(tmp_path, listener):
+    path = tmp_path / "c.json"
+    chart = BackoffChart(str(path), default_json=LAN)
+    other = LockedJsonFile(str(path))
+    assert other.try_lock()
+    try:
+        listener.write(dict(LAN, time_out_in_minutes=1), "c.json")
+        listener.read(str(path))
         listener.write(dict(LAN, time_out_in_minutes=2), "c.json")
         listener.read(str(path))
         wait_for(lambda: chart.stats.retries >= 3)
         assert listener.nothing(within=0.2)
-        assert chart.pending == 3
+        assert chart.pending == 3  # the second write was coalesced into the first
         assert json.loads(path.read_text()) == LAN
+        assert _waiter_threads() == []  # backoff re-posts, it does not wait in a thread
     finally:
         other.unlock()
-    answer = listener.get("c.json", timeout=CacheFileChart.BACKOFF_MAX_SEC + WAIT)
-    assert answer.dict == dict(LAN, time_out_in_minutes=2)  # both writes, in order, then the read
-    assert chart.stats.writes == 2
+    for _ in range(2):
+        answer = listener.get("c.json", timeout=CacheFileChart.BACKOFF_MAX_SEC + WAIT)
+        assert answer.dict == dict(LAN, time_out_in_minutes=2)
+    assert chart.stats.writes == 1
     assert chart.pending == 0
     other.close()
+    chart.stop()
 
 
 def test_writer_is_not_starved_by_readers(tmp_path, make_chart, listener):
@@ -481,9 +582,30 @@ def test_retry_delay_bounds():
     assert max(CacheFileChart.retry_delay(100) for _ in range(500)) > 2.5  # it does grow
 
 
-def test_stop_while_waiting_cancels_timers_and_releases(tmp_path, listener):
+def test_stop_while_a_write_waits_ends_the_waiter_thread(tmp_path, listener):
     path = tmp_path / "c.json"
     chart = CacheFileChart(str(path), default_json=LAN)
+    other = LockedJsonFile(str(path))
+    assert other.try_lock()
+    listener.write(dict(LAN, time_out_in_minutes=9), "c.json")
+    listener.read(str(path))
+    wait_for(lambda: chart._waiter.thread is not None and chart._waiter.thread.is_alive())
+    waiter = chart._waiter.thread
+    assert waiter is not None
+    chart.stop()
+    assert not chart.thread.is_alive()
+    other.unlock()  # the kernel wakes the waiter: it lets go at once and ends
+    waiter.join(WAIT)
+    assert not waiter.is_alive()
+    assert listener.nothing(within=0.3)
+    assert other.try_lock()  # the stopped chart holds nothing
+    assert json.loads(path.read_text()) == LAN  # and wrote nothing
+    other.close()
+
+
+def test_backoff_stop_while_waiting_cancels_timers_and_releases(tmp_path, listener):
+    path = tmp_path / "c.json"
+    chart = BackoffChart(str(path), default_json=LAN)
     other = LockedJsonFile(str(path))
     assert other.try_lock()
     listener.read(str(path))
@@ -501,6 +623,7 @@ def test_timer_bookkeeping_does_not_grow(tmp_path, listener):
     """Hundreds of re-posts must not fill miros's 500-entry posted-events deque."""
 
     class Impatient(CacheFileChart):
+        WAIT_POLICY = "backoff"
         BACKOFF_MAX_SEC = 0.002  # retry very fast
 
     path = tmp_path / "c.json"
@@ -518,15 +641,15 @@ def test_timer_bookkeeping_does_not_grow(tmp_path, listener):
         chart.stop()
 
 
-def test_mode_of_new_file_and_existing_mode_kept(tmp_path, make_chart, listener):
+def test_every_rewrite_sets_the_mode(tmp_path, make_chart, listener):
     path = tmp_path / "c.json"
     make_chart(str(path), default_json=LAN, mode=0o640)
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
-    os.chmod(path, 0o604)
+    os.chmod(path, 0o666)
     listener.write(LAN, "c.json")
     listener.read(str(path))
     listener.get("c.json")
-    assert stat.S_IMODE(path.stat().st_mode) == 0o604
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
 # --------------------------------------------------------- LockedJsonFile
@@ -719,14 +842,57 @@ def _assert_swarm_ok(report: Any, procs: int, log_path: Path | None = None) -> N
     assert report.total("expired") == 0  # nothing was ever repaired
 
 
-@pytest.mark.timeout(120)
-def test_fifty_processes_share_one_file(tmp_path):
-    """Suite-size swarm (forkserver workers); the benchmark runs it with --procs 500."""
+def _other_file_system(tmp_path: Path) -> Iterator[Path]:
+    """A folder on another file system than the working folder (/dev/shm), else tmp_path."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.stat(shm).st_dev != os.stat(".").st_dev:
+        folder = Path(tempfile.mkdtemp(prefix="cache_test_", dir=shm))
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    else:
+        yield tmp_path
+
+
+@pytest.fixture
+def other_fs(tmp_path: Path) -> Iterator[Path]:
+    yield from _other_file_system(tmp_path)
+
+
+@pytest.mark.timeout(180)
+def test_processes_share_one_file_through_sigkills(other_fs):
+    """Contention with crashes, suite size: 24 processes, 5 SIGKILLed mid-run.
+
+    Half reads, half writes of 2-20 kB documents, on another file system
+    than the working folder. Behaviour only: no bad read, every read
+    answered, no write lost; timings belong to benchmarks/cache_file.py.
+    """
     report = cache_worker.run_swarm(
-        tmp_path / "shared.json", procs=50, seconds=3.0, read_timeout=30.0, finish_grace=60.0
+        other_fs / "shared.json",
+        procs=24,
+        seconds=3.0,
+        write_ratio=0.5,
+        pause=0.02,
+        doc_size=(2000, 20000),
+        kill=5,
+        read_timeout=30.0,
+        finish_grace=60.0,
     )
-    _assert_swarm_ok(report, 50)
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert len(report.killed) == 5
+    _assert_swarm_ok(report, 24 - 5)
+    assert report.journal_entries >= report.total("writes") >= 1
+    assert report.lost_writes == 0
+    assert not any(r["hung"] for r in report.results)  # every read answered
+
+
+@pytest.mark.timeout(120)
+def test_backoff_policy_swarm_is_correct_too(tmp_path):
+    """The anchor policy of the benchmark stays correct (it is only slower)."""
+    report = cache_worker.run_swarm(
+        tmp_path / "shared.json", procs=8, seconds=2.0, policy="backoff", read_timeout=30.0
+    )
+    _assert_swarm_ok(report, 8)
 
 
 @pytest.mark.timeout(120)
@@ -741,8 +907,10 @@ def test_script_workers_share_one_file(tmp_path):
         finish_grace=60.0,
         start_method="subprocess",
         stderr_path=log,
+        kill=1,
     )
-    _assert_swarm_ok(report, 8, log)
+    assert len(report.killed) == 1
+    _assert_swarm_ok(report, 7, log)
 
 
 @pytest.mark.timeout(60)
@@ -754,22 +922,24 @@ def test_sigkilled_holder_releases_the_lock(tmp_path, make_chart, listener):
         chart = make_chart(str(path), default_json=LAN)
         probe = LockedJsonFile(path)
         assert not probe.try_lock(shared=True)
+        before = path.read_bytes()
+        listener.read(str(path))  # reads need no lock: answered while the holder lives
+        answer = listener.get("c.json")
+        assert cache_worker.document_valid(answer.dict)  # the half-written temp file is unseen
+        assert path.read_bytes() == before
+        listener.write(LAN, "c.json")
         listener.read(str(path))
         wait_for(lambda: chart.stats.retries >= 1)
-        assert listener.nothing(within=0.3)
-        before = path.read_bytes()
+        assert listener.nothing(within=0.3)  # the write waits for the lock, the read behind it
         holder.send_signal(signal.SIGKILL)
         holder.wait(WAIT)
         killed_at = time.monotonic()
-        assert probe.try_lock(shared=True)  # the kernel dropped the dead holder's lock
+        answer = listener.get("c.json", timeout=WAIT)
+        assert time.monotonic() - killed_at < 2.0  # the kernel woke the waiter at once
+        assert answer.dict == LAN and chart.stats.writes == 1
+        assert probe.try_lock(shared=True)  # and nobody holds it now
         probe.unlock()
         probe.close()
-        answer = listener.get("c.json", timeout=CacheFileChart.BACKOFF_MAX_SEC + 1)
-        assert time.monotonic() - killed_at < CacheFileChart.BACKOFF_MAX_SEC + 0.5
-        assert cache_worker.document_valid(answer.dict)  # the half-written temp file is unseen
-        assert path.read_bytes() == before
-        listener.read(str(path))  # and now without waiting
-        listener.get("c.json", timeout=1.0)
     finally:
         if holder.poll() is None:
             holder.kill()
@@ -787,16 +957,17 @@ def test_lock_excludes_root_even_on_a_read_only_file(tmp_path, make_chart, liste
         chart = make_chart(str(path), default_json=LAN)
         listener.write(dict(LAN, time_out_in_minutes=7), "c.json")
         listener.read(str(path))
-        wait_for(lambda: chart.stats.retries >= 2)
+        wait_for(lambda: chart.stats.retries >= 1)
         assert listener.nothing(within=0.3)
         assert chart.stats.writes == 0
         assert not LockedJsonFile(path).try_lock()
         holder.kill()
         holder.wait(WAIT)
-        answer = listener.get("c.json", timeout=CacheFileChart.BACKOFF_MAX_SEC + 1)
-        # root (or the owner) could write the read-only file once the lock was free
+        answer = listener.get("c.json", timeout=WAIT)
+        # root (or the owner) could write the read-only file once the lock was free;
+        # every rewrite sets the chart's mode
         assert answer.dict == dict(LAN, time_out_in_minutes=7)
-        assert stat.S_IMODE(path.stat().st_mode) == 0o444
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         if holder.poll() is None:
             holder.kill()
@@ -859,3 +1030,212 @@ def test_locked_json_file_round_trips_any_json_object(tmp_path, document):
         contents = f.read()
     assert contents.dict == document and contents.repaired is False
     f.close()
+
+
+# -------------------------------------- planted files, modes, ownership (#13)
+def _victim(tmp_path: Path) -> tuple[Path, os.stat_result]:
+    victim = tmp_path / "victim"
+    victim.write_text("secret")
+    os.chmod(victim, 0o600)
+    return victim, victim.stat()
+
+
+def _unchanged(victim: Path, before: os.stat_result) -> bool:
+    after = victim.stat()
+    return (
+        victim.read_text() == "secret"
+        and (after.st_uid, after.st_gid, after.st_mode) == (before.st_uid, before.st_gid, before.st_mode)
+    )
+
+
+@pytest.mark.parametrize("suffix", [".lock", ".wlock"])
+def test_planted_symlink_lock_file_is_refused_and_its_target_untouched(tmp_path, suffix):
+    victim, before = _victim(tmp_path)
+    path = tmp_path / "c.json"
+    f = LockedJsonFile(path, {"a": 1})
+    f.ensure_exists()
+    if os.geteuid() == 0:
+        os.chown(path, 65534, 65534)  # a user's cache: root used to chown the lock file to them
+    Path(str(path) + suffix).symlink_to(victim)
+    with pytest.raises(OSError, match="symbolic link"):
+        f.try_lock()
+    with pytest.raises(OSError, match="symbolic link"):
+        f.wait_lock()
+    f.close()
+    assert _unchanged(victim, before)
+    assert Path(str(path) + suffix).is_symlink()
+
+
+def test_dangling_symlink_lock_file_creates_nothing(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    target = tmp_path / "elsewhere" / "made_by_root"
+    path = tmp_path / "c.json"
+    Path(str(path) + ".lock").symlink_to(target)
+    f = LockedJsonFile(path)
+    with pytest.raises(OSError, match="symbolic link"):
+        f.try_lock()
+    f.close()
+    assert not target.exists() and not target.is_symlink()
+
+
+@pytest.mark.parametrize("suffix", [".lock", ".wlock"])
+def test_fifo_lock_file_is_refused_without_hanging(tmp_path, suffix):
+    path = tmp_path / "c.json"
+    fifo = Path(str(path) + suffix)
+    os.mkfifo(fifo)
+    f = LockedJsonFile(path)
+    started = time.monotonic()
+    with pytest.raises(OSError, match="not a regular file"):
+        f.try_lock()
+    f.close()
+    assert time.monotonic() - started < WAIT
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_fifo_queue_file_means_no_queue_not_a_hang(tmp_path):
+    path = tmp_path / "c.json"
+    os.mkfifo(str(path) + ".queue")
+    f = LockedJsonFile(path)
+    assert f.try_lock_in_turn()  # the writers' queue is skipped, the lock still excludes
+    assert not LockedJsonFile(path).try_lock()
+    f.close()
+
+
+def test_fifo_in_place_of_the_cache_file_is_an_error_not_a_hang(tmp_path, make_chart, listener):
+    path = tmp_path / "c.json"
+    os.mkfifo(path)
+    chart = make_chart(str(path), default_json=LAN)
+    listener.read(str(path))
+    answer = listener.get("c.json")
+    assert answer.dict == LAN and answer.expired is True
+    assert chart.thread.is_alive()
+
+
+def test_hard_linked_lock_file_is_refused(tmp_path):
+    victim, before = _victim(tmp_path)
+    path = tmp_path / "c.json"
+    os.link(victim, str(path) + ".lock")
+    f = LockedJsonFile(path)
+    with pytest.raises(OSError, match="hard links"):
+        f.try_lock()
+    f.close()
+    assert _unchanged(victim, before)
+
+
+def test_temporary_file_never_opens_a_planted_name(tmp_path, monkeypatch):
+    from miros_rabbitmq.cache import locked_json_file
+
+    victim, before = _victim(tmp_path)
+    names = iter(["aaaaaaaaaaaa", "bbbbbbbbbbbb"])
+    monkeypatch.setattr(locked_json_file.secrets, "token_hex", lambda n: next(names))
+    planted = tmp_path / ".c.json.aaaaaaaaaaaa.tmp"
+    planted.symlink_to(victim)
+    path = tmp_path / "c.json"
+    LockedJsonFile(path).write({"a": 2})  # O_EXCL | O_NOFOLLOW: the planted name is skipped
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert planted.is_symlink() and _unchanged(victim, before)
+
+
+def test_every_rewrite_makes_a_0666_file_0600(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"a": 1}')
+    os.chmod(path, 0o666)
+    f = LockedJsonFile(path)
+    f.write({"a": 2})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    os.chmod(path, 0o666)
+    f.update(lambda d: None)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text()) == {"a": 2}
+    f.close()
+
+
+def test_chart_refuses_a_planted_lock_file_and_keeps_reading(tmp_path, make_chart, listener, caplog):
+    victim, before = _victim(tmp_path)
+    path = tmp_path / "c.json"
+    chart = make_chart(str(path), default_json=LAN)
+    Path(str(path) + ".lock").symlink_to(victim)
+    with caplog.at_level(logging.ERROR, logger="miros_rabbitmq"):
+        listener.write(dict(LAN, time_out_in_minutes=5), "c.json")
+        listener.read(str(path))
+        answer = listener.get("c.json")
+    assert answer.dict == LAN  # the write was refused, the read still works (no lock)
+    assert chart.stats.errors == 1 and chart.thread.is_alive()
+    assert any("symbolic link" in r.getMessage() for r in caplog.records)
+    assert _unchanged(victim, before)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_root_never_chowns_an_existing_lock_file(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    path = tmp_path / "c.json"
+    f = LockedJsonFile(path, {"a": 1})
+    f.ensure_exists()
+    os.chown(path, 65534, 65534)
+    lock = Path(str(path) + ".lock")
+    lock.touch()  # exists, root's
+    assert f.try_lock()
+    f.unlock()
+    assert lock.stat().st_uid == 0  # never chowned
+    f.close()
+    lock.unlink()
+    g = LockedJsonFile(path)
+    assert g.try_lock()  # a lock file root creates now is its own new file: the cache's owner
+    g.unlock()
+    g.close()
+    assert lock.stat().st_uid == 65534
+
+
+def test_root_does_not_follow_another_users_symlink(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    victim, before = _victim(tmp_path)
+    link = tmp_path / "c.json"
+    link.symlink_to(victim)
+    os.lchown(link, 65534, 65534)
+    with pytest.raises(PermissionError, match="symbolic link owned by another user"):
+        LockedJsonFile(link)
+    with pytest.raises(PermissionError):
+        CacheFileChart(str(link))
+    assert _unchanged(victim, before)
+
+
+@pytest.mark.timeout(60)
+def test_sigkilled_writer_waiting_in_line_does_not_block_the_line(tmp_path, make_chart, listener):
+    path = tmp_path / "c.json"
+    chart = make_chart(str(path), default_json=LAN)
+    first = LockedJsonFile(path)
+    assert first.try_lock_in_turn()
+    waiting = _spawn("queue", "--file", str(path))
+    try:
+        assert _read_line(waiting, WAIT) == "QUEUED"
+        listener.write(dict(LAN, time_out_in_minutes=4), "c.json")
+        wait_for(lambda: chart.stats.retries >= 1)  # in line behind the process
+        listener.read(str(path))
+        waiting.send_signal(signal.SIGKILL)
+        waiting.wait(WAIT)
+        assert listener.nothing(within=0.3)  # now right behind `first`
+        first.unlock()
+        assert listener.get("c.json").dict == dict(LAN, time_out_in_minutes=4)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+        first.close()
+
+
+def test_writers_are_served_in_order_of_arrival(tmp_path):
+    path = tmp_path / "c.json"
+    first, second, third = (LockedJsonFile(path) for _ in range(3))
+    assert first.try_lock_in_turn()
+    assert not second.try_lock_in_turn()  # in line: second
+    assert not third.try_lock_in_turn()  # third
+    first.unlock()
+    assert not third.try_lock_in_turn()  # the lock is free, but it is second's turn
+    assert second.try_lock_in_turn()
+    second.unlock()
+    assert third.try_lock_in_turn()
+    third.unlock()
+    for f in (first, second, third):
+        f.close()

@@ -22,15 +22,13 @@ from pathlib import Path
 import miros.activeobject
 import miros.hsm
 import pytest
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, MultiFernet
 from miros import ActiveObject, Event, return_status, signals, spy_on
 
 from miros_rabbitmq.config import load_settings
 from miros_rabbitmq.discovery.rabbit_consumer_scout_chart import RabbitConsumerScoutChart
 from miros_rabbitmq.errors import DecodeError
 from miros_rabbitmq.mesh.challenge import (
-    ANSWER_SIGNAL,
-    CHALLENGE_SIGNAL,
     SCOUT_EXCHANGE,
     Challenge,
     ScoutCredentials,
@@ -179,25 +177,28 @@ def test_hit_on_a_live_node_with_our_key(node, port, answers, scouts, template):
 
 
 def test_a_node_answers_only_holders_of_its_key(mesh_env):
-    """The protocol itself: an answer authenticates, matches the nonce, and is
-    not the challenge reflected back."""
-    codec = Codec(load_settings().mesh_keys, serializer=JSON)
-    challenge = Challenge(codec, routing_key="heya.man", exchange_name=MESH_EXCHANGE)
-    assert not challenge.accept(challenge.token)  # a reflection proves nothing
-    reply = answer(codec, challenge.token, identity="n1", origin="127.0.0.1:5672")
+    """The protocol itself: an answer authenticates, matches the nonce and the
+    probed address, and is not the challenge reflected back."""
+    keys = MultiFernet([Fernet(k.reveal()) for k in load_settings().mesh_keys])
+    challenge = Challenge(keys, routing_key="heya.man", exchange_name=MESH_EXCHANGE)
+    token = challenge.token("127.0.0.1", 5672)
+    assert not challenge.accept(token)  # a reflection proves nothing
+    reply = answer(keys, token, identity="n1", origin="127.0.0.1:5672",
+                   addresses=(), port=5672)
     assert challenge.accept(reply) and challenge.responder == "n1"
-    other = Challenge(codec, routing_key="heya.man", exchange_name=MESH_EXCHANGE)
+    other = Challenge(keys, routing_key="heya.man", exchange_name=MESH_EXCHANGE)
+    other.token("127.0.0.1", 5672)
     assert not other.accept(reply)  # the answer to another nonce
-    stranger = Codec([Fernet.generate_key()], serializer=JSON)
+    stranger = MultiFernet([Fernet(Fernet.generate_key())])
     with pytest.raises(DecodeError):
-        answer(stranger, challenge.token, identity="n2", origin="")
-    forged = stranger.encode(Envelope(ANSWER_SIGNAL, {"nonce": challenge.nonce}, "x", 0))
-    assert not challenge.accept(forged)
+        answer(stranger, token, identity="n2", origin="")
+    assert not challenge.accept(stranger.encrypt(b"MRSC1!{}"))
     assert not challenge.accept(b"garbage")
-    event = codec.encode(Envelope("some_event", {"nonce": challenge.nonce}, "x", 0))
+    event = Codec(load_settings().mesh_keys, serializer=JSON).encode(
+        Envelope("some_event", {"nonce": "0" * 32}, "x", 0))
     with pytest.raises(DecodeError):
-        answer(codec, event, identity="n1", origin="")  # only challenges are answered
-    assert CHALLENGE_SIGNAL != ANSWER_SIGNAL and SCOUT_EXCHANGE != MESH_EXCHANGE
+        answer(keys, event, identity="n1", origin="")  # only challenges are answered
+    assert SCOUT_EXCHANGE != MESH_EXCHANGE
 
 
 # ------------------------------------------------------------------ misses

@@ -3,31 +3,46 @@
 This is the I/O layer under :class:`~miros_rabbitmq.cache.cache_file_chart.CacheFileChart`
 and the ``hosts`` CLI; it knows nothing about miros.
 
-Locking
-    Every :class:`LockedJsonFile` locks a side file, ``<file>.lock``, in the
-    same folder, with ``fcntl.flock`` (``filelock`` on platforms without
-    ``fcntl``). The operating system drops the lock when its holder closes
-    the descriptor or dies, however it dies (``SIGKILL`` included), and the
-    lock binds root exactly as it binds everybody else: nothing depends on
-    file permission bits. Readers may take the lock shared (many at once),
-    writers take it exclusive. Writers are preferred: a writer that finds
-    the lock busy keeps a second lock, on ``<file>.wlock``, while it waits,
-    and readers stand back while that one is held, so that a steady stream
-    of readers cannot starve writers. ``flock`` locks belong to an open file
-    description, so two :class:`LockedJsonFile` objects exclude each other
-    even inside one process (use one object per thread). In a forked child
-    the inherited lock descriptors are closed at once (the parent keeps its
-    lock, and it still ends when the parent dies); the child's objects open
-    their own.
-
 Writing
     :meth:`LockedJsonFile.write` never modifies the file in place: it writes
     a temporary file in the same folder (so the rename never crosses a file
     system), flushes and ``fsync``\\ s it, ``os.replace``\\ s it over the
     target and ``fsync``\\ s the folder. A reader, locked or not, sees the old
-    document or the new one, never a mix. An existing file keeps its
-    permission bits (and, when written by root, its owner); a new file gets
-    ``mode`` (``0o600`` by default: caches hold addresses and AMQP URLs).
+    document or the new one, never a mix: plain reads need no lock at all.
+    Every rewrite gives the file ``mode`` (``0o600`` by default: caches hold
+    addresses and AMQP URLs), whatever mode the old file had; when root
+    rewrites another user's file, the new file keeps that user as owner.
+
+Locking
+    The lock is ``fcntl.flock`` on a side file, ``<file>.lock``, in the same
+    folder. The operating system drops it when its holder closes the
+    descriptor or dies, however it dies (``SIGKILL`` included), and it binds
+    root exactly as it binds everybody else. Writers (and read-modify-write
+    :meth:`LockedJsonFile.update`) take it exclusive, so writes are
+    serialised: the order in which writers get the lock is the order in
+    which their documents replace the file ("last writer wins"). Readers that
+    need a read to not interleave with another process's read-modify-write
+    may take it shared.
+
+    Writers are preferred: a writer first takes a second lock, on
+    ``<file>.wlock``, exclusive, and keeps it until it releases the main
+    lock; shared lockers stand back while it is held, so a stream of them
+    cannot starve writers. :meth:`LockedJsonFile.try_lock` never blocks;
+    :meth:`LockedJsonFile.wait_lock` blocks in the kernel, which wakes the
+    waiter the moment the holder releases or dies (no polling).
+
+    ``flock`` locks belong to an open file description, so two
+    :class:`LockedJsonFile` objects exclude each other even inside one
+    process. In a forked child the inherited lock descriptors are closed at
+    once (the parent keeps its lock, and it still ends when the parent
+    dies); the child's objects open their own.
+
+    Lock files are opened with ``ONOFOLLOW`` and must be regular files with
+    a single link: a symbolic link, a FIFO, a device or a folder planted at
+    ``<file>.lock`` is refused with an ``OSError`` naming it, never followed
+    or opened. An existing lock file is never ``chown``\\ ed; a lock file root
+    creates beside another user's cache is given that user as owner (it is
+    root's own new file), so that the user can still lock it.
 
 Reading
     :meth:`LockedJsonFile.read` returns a :class:`JsonFileContents`. A
@@ -44,6 +59,11 @@ Time stamps
     every write puts a new file in place, ``created_at`` is the time the
     *current contents* were written, not the time the first version of the
     file appeared.
+
+Platforms
+    POSIX systems with ``fcntl.flock`` (Linux is tested; macOS and the BSDs
+    have the same calls). Without ``fcntl`` (Windows) locking raises
+    ``OSError(ENOTSUP)``; plain reads still work.
 """
 
 from __future__ import annotations
@@ -55,18 +75,21 @@ import json
 import logging
 import os
 import random
+import secrets
 import stat
-import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
-try:  # POSIX
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from miros_rabbitmq.cache.os_locks import (
+    CLOEXEC,
+    NOFOLLOW,
+    NONBLOCK,
+    LockFile,
+    WritersQueue,
+    is_root,
+)
 
 __all__ = [
     "DEFAULT_FILE_MODE",
@@ -76,7 +99,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Permission bits of a newly created JSON file (and of its lock file).
+#: Permission bits of the JSON file after every write (and of a new lock file).
 DEFAULT_FILE_MODE = 0o600
 
 _TEMP_SUFFIX = ".tmp"
@@ -134,166 +157,29 @@ def _fsync_directory(path: str) -> None:
         os.close(fd)
 
 
-_lock_files: weakref.WeakSet[_LockFile] = weakref.WeakSet()
-
-
-def _forget_inherited_locks() -> None:
-    """In a forked child, close the lock descriptors inherited from the parent.
-
-    A forked descriptor shares the parent's lock (flock locks belong to the
-    open file description), so the child must not use it as its own, and
-    keeping it open would keep the lock alive after the parent died.
-    """
-    for lock_file in list(_lock_files):
-        lock_file.forget_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_inherited_locks)
-
-
-class _LockFile:
-    """A non-blocking OS lock on one side file, shared or exclusive.
-
-    Not thread safe on its own; :class:`LockedJsonFile` guards it.
-    """
-
-    def __init__(self, path: str, mode: int, owner_of: str) -> None:
-        self.path = path
-        self._mode = mode
-        self._owner_of = owner_of  # the data file: root gives the lock file its owner
-        self._fd: int | None = None
-        self._pid = os.getpid()
-        self._held = False
-        self._fallback: Any = None  # filelock.FileLock where fcntl is missing
-        _lock_files.add(self)
-
-    def forget_after_fork(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)  # our copy only: the parent keeps its lock
-        self._fd = None
-        self._held = False
-        self._pid = os.getpid()
-
-    @property
-    def held(self) -> bool:
-        return self._held and self._pid == os.getpid()
-
-    def _open(self) -> int:
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(self.path, flags, self._mode)
-        except PermissionError:
-            # flock works on a read-only descriptor too (a lock file made by
-            # another user that we may read but not write)
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            return fd
-        try:
-            st = os.fstat(fd)
-            if hasattr(os, "geteuid") and os.geteuid() == 0:
-                # root made or opened the lock file: give it the data file's owner
-                # so that the user who owns the cache can still lock it
-                try:
-                    data = os.stat(self._owner_of)
-                except OSError:
-                    data = None
-                if data is not None and (st.st_uid, st.st_gid) != (data.st_uid, data.st_gid):
-                    with contextlib.suppress(OSError):
-                        os.fchown(fd, data.st_uid, data.st_gid)
-        except OSError:  # pragma: no cover - best effort
-            pass
-        return fd
-
-    def _ensure_fd(self) -> int:
-        if self._pid != os.getpid():  # forked without the at-fork hook
-            self.forget_after_fork()
-        if self._fd is None:
-            self._fd = self._open()
-        return self._fd
-
-    def try_acquire(self, shared: bool) -> bool:
-        if fcntl is None:  # pragma: no cover - Windows
-            return self._try_acquire_fallback()
-        for _ in range(3):
-            fd = self._ensure_fd()
-            operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
-            try:
-                fcntl.flock(fd, operation)
-            except OSError as error:
-                if error.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    return False
-                raise
-            # The lock is ours if the path still names the file we locked;
-            # someone may have deleted or replaced the lock file meanwhile.
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self._held = True
-                return True
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            self.close()
-        return False
-
-    def _try_acquire_fallback(self) -> bool:  # pragma: no cover - Windows
-        import filelock
-
-        if self._fallback is None:
-            self._fallback = filelock.FileLock(self.path, mode=self._mode)
-        try:
-            self._fallback.acquire(timeout=0)
-        except filelock.Timeout:
-            return False
-        self._held = True
-        return True
-
-    def release(self) -> None:
-        if not self.held:
-            return
-        self._held = False
-        if fcntl is None:  # pragma: no cover - Windows
-            self._fallback.release()
-            return
-        if self._fd is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            except OSError:  # pragma: no cover - closing releases it anyway
-                self.close()
-
-    def close(self) -> None:
-        self._held = False
-        if self._fd is not None and self._pid == os.getpid():
-            with contextlib.suppress(OSError):
-                os.close(self._fd)  # closing the descriptor drops any lock on it
-        self._fd = None
-
-
 class LockedJsonFile:
     """A JSON object in a file that many processes read and write safely.
 
     ``LockedJsonFile(path, default_json=None, *, mode=0o600)``
 
-    * ``path``: the JSON file (a symbolic link is followed: the file it points
-      to is the one replaced). Its folder is created (``0o700``) if missing.
+    * ``path``: the JSON file. A symbolic link is followed (the file it
+      points to is the one replaced) only if root or the current user owns
+      the link; a link owned by anyone else raises ``PermissionError``. Its
+      folder is created (``0o700``) if missing.
     * ``default_json``: JSON object text or a dict, used to create a missing
       file and returned in place of an empty or corrupt one. ``None`` means
       ``{}``. Raises ``ValueError``/``TypeError`` if it is not a JSON object.
-    * ``mode``: permission bits of a file (and lock file) this object creates.
+    * ``mode``: permission bits the file gets at every write (and a lock
+      file this object creates).
 
     Typical use::
 
         cache = LockedJsonFile("hosts.json", {"hosts": []})
         cache.update(lambda d: d["hosts"].append("10.0.0.7"), timeout=10)
+        contents = cache.read()             # no lock needed: writes are atomic
 
-        if cache.try_lock(shared=True):     # never blocks
-            try:
-                contents = cache.read()
-            finally:
-                cache.unlock()
-
-    One object per thread: the lock is held by the object, not the thread.
+    One object per thread: the lock is held by the object, not the thread
+    (a helper thread may wait in :meth:`wait_lock` for the owning thread).
     """
 
     def __init__(
@@ -303,14 +189,18 @@ class LockedJsonFile:
         *,
         mode: int = DEFAULT_FILE_MODE,
     ) -> None:
-        self.path = os.path.realpath(os.fspath(path))
+        given = os.path.abspath(os.fspath(path))
+        _check_link_owner(given)
+        self.path = os.path.realpath(given)
         self.lock_path = self.path + ".lock"
         self.intent_path = self.path + ".wlock"
+        self.queue_path = self.path + ".queue"
         self.default: dict[str, Any] = _parse_default(default_json)
         self.mode = mode
         self._guard = threading.RLock()
-        self._lock = _LockFile(self.lock_path, mode, self.path)
-        self._intent = _LockFile(self.intent_path, mode, self.path)
+        self._lock = LockFile(self.lock_path, mode, self.path)
+        self._intent = LockFile(self.intent_path, mode, self.path)
+        self._queue = WritersQueue(self.queue_path, mode, self.path)
         self._swept = False
         self._damage_reported = False
 
@@ -330,55 +220,104 @@ class LockedJsonFile:
 
         ``shared=True`` takes a read lock that other readers may hold at the
         same time; the default is exclusive. Writers are preferred: a writer
-        that finds the lock busy keeps an *intent* lock (``<file>.wlock``)
+        that finds the lock busy keeps the *intent* lock (``<file>.wlock``)
         until it gets the lock or calls :meth:`unlock`, and while it does, new
-        readers are refused, so a stream of readers cannot starve it.
+        shared lockers are refused, so a stream of them cannot starve it.
         Calling it while already holding the lock returns True and changes
-        nothing. Raises ``OSError`` only for real I/O problems (the folder
-        cannot be created, no permission to open the lock file, ...), never
-        because the lock is busy.
+        nothing. Raises ``OSError`` only for real problems (the folder cannot
+        be created, no permission, a lock file that is a symbolic link or not
+        a regular file, ...), never because the lock is busy.
         """
         with self._guard:
             if self._lock.held:
                 return True
             self._make_folder()
             if shared:
-                return self._no_writer_waiting() and self._lock.try_acquire(True)
-            if not self._intent.held and not self._intent.try_acquire(False):
+                return self._no_writer_waiting() and self._lock.acquire(True, block=False)
+            if not self._intent.held and not self._intent.acquire(False, block=False):
                 return False  # another writer is first in line
-            return self._lock.try_acquire(False)
+            return self._lock.acquire(False, block=False)
+
+    def try_lock_in_turn(self) -> bool:
+        """Take the exclusive lock, first come first served, without waiting.
+
+        Takes a place in the writers' queue (kept until :meth:`unlock`) and
+        returns True if the lock is now held: nobody was before us and the
+        lock was free. Otherwise :meth:`wait_lock` waits for our turn.
+        """
+        with self._guard:
+            if self._lock.held:
+                return True
+            self._make_folder()
+            joined = self._queue.join(block=False)
+            if joined is None or (joined and not self._queue.first_in_line(block=False)):
+                return False
+            if not self._intent.held and not self._intent.acquire(False, block=False):
+                return False
+            return self._lock.acquire(False, block=False)
 
     def _no_writer_waiting(self) -> bool:
         try:
-            free = self._intent.try_acquire(True)
+            free = self._intent.acquire(True, block=False)
         except OSError:
-            return True  # cannot even open the intent file: no writer preference
+            return True  # cannot use the intent file: no writer preference, nothing worse
         if free:
             self._intent.release()
         return free
 
-    def lock(self, timeout: float | None = None, *, shared: bool = False) -> None:
-        """Take the lock, waiting up to ``timeout`` seconds (None: forever).
+    def wait_lock(self, *, shared: bool = False) -> bool:
+        """Take the lock, waiting in the kernel as long as it takes.
 
-        Raises ``TimeoutError`` when the time is up.
+        The kernel wakes the waiter when the holder releases the lock or
+        dies. Returns True once held, False if :meth:`close` was called
+        (from another thread) meanwhile. A writer waits for its turn in the
+        writers' queue (first come, first served), then takes the intent
+        lock and the main lock; a shared locker waits until no writer holds
+        or waits for the intent lock.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._lock.held:
+            return True
+        self._make_folder()
+        if shared:
+            if not self._intent.acquire(True, block=True):
+                return False
+            try:
+                return self._lock.acquire(True, block=True)
+            finally:
+                self._intent.release()
+        if self._queue.join() and not self._queue.first_in_line(block=True):
+            return False
+        if not self._intent.held and not self._intent.acquire(False, block=True):
+            return False
+        return self._lock.acquire(False, block=True)
+
+    def lock(self, timeout: float | None = None, *, shared: bool = False) -> None:
+        """Take the lock, waiting up to ``timeout`` seconds (None: as long as it takes).
+
+        Raises ``TimeoutError`` when the time is up. Without a timeout it
+        waits in the kernel (:meth:`wait_lock`); with one it polls with a
+        short random pause (at most 20 ms).
+        """
+        if timeout is None:
+            if not self.wait_lock(shared=shared):
+                raise OSError(errno.EBADF, "closed while waiting for the lock", self.lock_path)
+            return
+        deadline = time.monotonic() + timeout
         pause = 0.001
         while not self.try_lock(shared=shared):
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"{self.lock_path} still locked after {timeout} s")
-                time.sleep(min(random.uniform(0.0005, pause), left))
-            else:
-                time.sleep(random.uniform(0.0005, pause))
-            pause = min(pause * 2, 0.05)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.unlock()  # give up our place in the writers' line
+                raise TimeoutError(f"{self.lock_path} still locked after {timeout} s")
+            time.sleep(min(random.uniform(0.0005, pause), left))
+            pause = min(pause * 2, 0.02)
 
     def unlock(self) -> None:
-        """Release the lock and any write intent; does nothing if neither is held."""
+        """Release the lock, any write intent and our place in the writers' queue."""
         with self._guard:
             self._lock.release()
             self._intent.release()
+            self._queue.leave()
 
     @contextlib.contextmanager
     def locked_for(self, timeout: float | None = None, *, shared: bool = False) -> Iterator[None]:
@@ -397,30 +336,36 @@ class LockedJsonFile:
         self.unlock()
 
     def close(self) -> None:
-        """Release the lock and close the lock files' descriptors."""
+        """Release the lock and close the lock files' descriptors.
+
+        Safe to call while another thread waits in :meth:`wait_lock`: that
+        call then returns False as soon as the kernel wakes it.
+        """
         with self._guard:
-            self._lock.release()
             self._lock.close()
-            self._intent.release()
             self._intent.close()
+            self._queue.close()
 
     # ------------------------------------------------------------------ read
     def read(self) -> JsonFileContents:
         """Read the document; see the module text for missing/empty/corrupt files.
 
-        Call it holding the lock (shared is enough) when the read must not
-        interleave with another process's read-modify-write; the read itself
-        is consistent either way because writes are atomic. Raises ``OSError``
-        for real I/O problems (permission denied, ...).
+        Needs no lock: writes replace the file atomically, so a read sees a
+        whole document, the one in place when it opened the file. Hold the
+        lock (shared is enough) only when the read must not interleave with
+        another process's read-modify-write. Raises ``OSError`` for real I/O
+        problems (permission denied, ...).
         """
         for _ in range(5):
             try:
-                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                fd = os.open(self.path, os.O_RDONLY | NONBLOCK | CLOEXEC)
             except FileNotFoundError:
                 self.ensure_exists()
                 continue
             try:
                 st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file", self.path)
                 chunks = []
                 while True:
                     chunk = os.read(fd, 1 << 16)
@@ -468,21 +413,22 @@ class LockedJsonFile:
         link never replaces an existing file. Returns True if this call
         created the file.
         """
-        if os.path.exists(self.path):
+        if os.path.lexists(self.path):
             return False
         self._make_folder()
         temp = self._write_temp(encode_json(self.default), None)
         try:
             try:
-                os.link(temp, self.path)
+                os.link(temp, self.path, follow_symlinks=False)
             except FileExistsError:
                 return False
             except OSError:
                 # no hard links on this file system: exclusive create in place
                 # (a reader racing this may see it empty, which reads as the
                 # default anyway)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC
                 try:
-                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.mode)
+                    fd = os.open(self.path, flags, self.mode)
                 except FileExistsError:
                     return False
                 try:
@@ -504,9 +450,21 @@ class LockedJsonFile:
         ``document`` is a JSON-able mapping, or bytes already encoded (see
         :func:`encode_json`). Hold the exclusive lock around it so that
         writers exclude each other; the replacement is atomic regardless.
-        Raises ``TypeError``/``ValueError`` for a document JSON cannot encode
-        (the file is untouched) and ``OSError`` for I/O failures (the file is
-        untouched and no temporary file is left behind).
+        The new file has ``mode``. Raises ``TypeError``/``ValueError`` for a
+        document JSON cannot encode (the file is untouched) and ``OSError``
+        for I/O failures (the file is untouched and no temporary file is
+        left behind).
+        """
+        mtime = self.commit(self.stage(document))
+        self.sync_folder()
+        return mtime
+
+    def stage(self, document: Mapping[str, Any] | bytes) -> str:
+        """The first half of :meth:`write`, no lock needed: a temporary file, written and fsync'ed.
+
+        Returns its path, for :meth:`commit` (under the lock) or :meth:`discard`.
+        Doing this before taking the lock keeps the time the lock is held
+        down to a rename.
         """
         data = document if isinstance(document, bytes) else encode_json(document)
         self._make_folder()
@@ -514,19 +472,35 @@ class LockedJsonFile:
             self._swept = True
             self._sweep_stale_temp_files()
         try:
-            existing: os.stat_result | None = os.stat(self.path)
+            existing: os.stat_result | None = os.stat(self.path, follow_symlinks=False)
         except FileNotFoundError:
             existing = None
-        temp = self._write_temp(data, existing)
+        return self._write_temp(data, existing)
+
+    def commit(self, temp: str) -> float:
+        """Put a staged file in place (hold the exclusive lock); returns its ``st_mtime``.
+
+        The time stamp is set now, so that time stamps follow the order in
+        which documents replace the file. On failure the staged file is removed.
+        """
         try:
-            mtime = os.stat(temp).st_mtime
+            os.utime(temp)
+            mtime = os.stat(temp, follow_symlinks=False).st_mtime
             os.replace(temp, self.path)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
+            self.discard(temp)
             raise
-        _fsync_directory(os.path.dirname(self.path))
         return mtime
+
+    @staticmethod
+    def discard(temp: str) -> None:
+        """Remove a staged file that will not be committed."""
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+
+    def sync_folder(self) -> None:
+        """fsync the file's folder, making committed renames durable (no lock needed)."""
+        _fsync_directory(os.path.dirname(self.path))
 
     def update(
         self,
@@ -538,8 +512,9 @@ class LockedJsonFile:
         ``fn`` gets the current document (the default if the file is missing
         or corrupt) and either changes it in place and returns None, or
         returns the new document. Waits up to ``timeout`` seconds for the
-        lock (``TimeoutError`` after that). Returns the document written.
-        Exceptions raised by ``fn`` propagate; the file is then unchanged.
+        lock (``TimeoutError`` after that; None waits as long as it takes).
+        Returns the document written. Exceptions raised by ``fn`` propagate;
+        the file is then unchanged.
         """
         with self.locked_for(timeout):
             document = self.read().dict
@@ -559,18 +534,34 @@ class LockedJsonFile:
         return "." + os.path.basename(self.path) + "."
 
     def _write_temp(self, data: bytes, existing: os.stat_result | None) -> str:
-        """Write ``data`` to a new fsync'ed temporary file beside the target."""
+        """Write ``data`` to a new fsync'ed temporary file beside the target.
+
+        The name is random and the file is created with ``O_EXCL |
+        ONOFOLLOW``: whatever is planted in the folder is never opened.
+        """
         folder = os.path.dirname(self.path) or "."
-        fd, temp = tempfile.mkstemp(prefix=self._temp_prefix(), suffix=_TEMP_SUFFIX, dir=folder)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC
+        for _ in range(100):
+            temp = os.path.join(folder, self._temp_prefix() + secrets.token_hex(6) + _TEMP_SUFFIX)
+            try:
+                fd = os.open(temp, flags, 0o600)
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - 100 collisions of 48 random bits
+            raise FileExistsError(errno.EEXIST, "no free temporary file name", folder)
         try:
-            if existing is None:
-                os.fchmod(fd, self.mode)
-            else:
-                os.fchmod(fd, stat.S_IMODE(existing.st_mode))
-                if hasattr(os, "geteuid") and os.geteuid() == 0 and existing.st_uid != 0:
-                    # root rewriting a user's cache: keep it the user's
-                    with contextlib.suppress(OSError):
-                        os.fchown(fd, existing.st_uid, existing.st_gid)
+            os.fchmod(fd, self.mode)
+            if (
+                existing is not None
+                and is_root()
+                and stat.S_ISREG(existing.st_mode)
+                and existing.st_uid != 0
+            ):
+                # root rewriting a user's cache: keep it the user's (our new
+                # temporary file is the one chowned, never an existing file)
+                with contextlib.suppress(OSError):
+                    os.fchown(fd, existing.st_uid, existing.st_gid)
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
@@ -598,6 +589,23 @@ class LockedJsonFile:
                 continue
             full = os.path.join(folder, name)
             with contextlib.suppress(OSError):
-                if now - os.stat(full).st_mtime > _STALE_TEMP_AGE_SEC:
+                st = os.stat(full, follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and now - st.st_mtime > _STALE_TEMP_AGE_SEC:
                     os.unlink(full)
                     logger.info("removed stale temporary file %s", full)
+
+
+def _check_link_owner(path: str) -> None:
+    """Refuse a symbolic link (the file itself) that neither root nor we own.
+
+    Following another user's link would let that user point our writes
+    (as root: root's writes) at any file.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if stat.S_ISLNK(st.st_mode) and hasattr(os, "geteuid") and st.st_uid not in (0, os.geteuid()):
+        raise PermissionError(
+            errno.EPERM, "refusing to follow a symbolic link owned by another user", path
+        )

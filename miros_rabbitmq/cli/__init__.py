@@ -32,8 +32,9 @@ from rich.table import Table
 from rich.text import Text
 
 from miros_rabbitmq import __version__
-from miros_rabbitmq.config import Secret, Settings, load_settings
+from miros_rabbitmq.config import Secret, Settings, find_env_file, load_settings, mask_url
 from miros_rabbitmq.errors import ConfigurationError, EnvContractBroken, Error
+from miros_rabbitmq.terminal import printable
 from miros_rabbitmq.wire.names import DEFAULT_HEARTBEAT, HOSTS_FILE, LAN_CACHE_FILE
 
 __all__ = ["cli", "main", "CliError", "probe_broker", "BrokerProbe"]
@@ -77,9 +78,7 @@ def _find_env_file(env_file: str | None) -> str | None:
     """The .env that load_settings would read (None when there is none)."""
     if env_file:
         return env_file if os.path.exists(env_file) else None
-    from dotenv import find_dotenv
-
-    return find_dotenv(usecwd=True) or None
+    return find_env_file()
 
 
 def _load(ctx: Context, **overrides: Any) -> Settings:
@@ -121,8 +120,25 @@ class BrokerProbe:
     auth_refused: bool = False
 
 
+def _scout_check(settings: Settings) -> Any:
+    """The scout account (docs/security.md): present, and able to log in here?"""
+    if not settings.scout_user or settings.scout_password is None:
+        how = "TLS" if settings.rabbit_tls else "RABBIT_USER's login in plain AMQP"
+        return Check("scout account", "ok", f"none: scouts log in with {how} (set SCOUT_USER/"
+                      "SCOUT_PASSWORD to keep RABBIT_PASSWORD from strangers; docs/security.md)")
+    probe = probe_broker(settings.rabbit_host, settings.rabbit_port, settings.scout_user,
+                         settings.scout_password, vhost=settings.rabbit_vhost,
+                         tls=settings.tls_config if settings.rabbit_tls else None)
+    if probe.ok:
+        return Check("scout account", "ok", f"SCOUT_USER={settings.scout_user} logs in")
+    return Check("scout account", "fail", f"SCOUT_USER={settings.scout_user}: {probe.reason}",
+                 f"rabbitmqctl add_user {settings.scout_user} '<SCOUT_PASSWORD>' && rabbitmqctl "
+                 f"set_permissions -p / {settings.scout_user} '^$' "
+                 "'^miros\\.scout\\.exchange$' '^$'")
+
+
 def probe_broker(host: str, port: int, user: str, password: Secret, *, vhost: str = "/",
-                 timeout: float = 5.0) -> BrokerProbe:
+                 timeout: float = 5.0, tls: Any = None) -> BrokerProbe:
     """Can we reach the broker, and does it accept the credentials?
 
     A plain TCP connect first (a quick, clear answer for a closed port), then
@@ -138,7 +154,8 @@ def probe_broker(host: str, port: int, user: str, password: Secret, *, vhost: st
         reason = error.strerror or type(error).__name__
         return BrokerProbe(False, False, f"cannot connect to {host}:{port} ({reason})",
                            time.monotonic() - started)
-    link = BrokerLink(BrokerAddress(host, port, vhost, user, password), heartbeat=DEFAULT_HEARTBEAT,
+    link = BrokerLink(BrokerAddress(host, port, vhost, user, password, tls),
+                      heartbeat=DEFAULT_HEARTBEAT,
                       max_buffer=16)
     try:
         deadline = started + timeout
@@ -197,7 +214,38 @@ CONNECTION_ATTEMPTS=3
 MESH_ENCRYPTION_KEY={mesh}
 SNOOP_TRACE_ENCRYPTION_KEY={trace}
 SNOOP_SPY_ENCRYPTION_KEY={spy}
+{scout}"""
+
+SCOUT_TEMPLATE = """\
+# The scout account: scouts log in with it until a node proves our mesh key, so
+# RABBIT_PASSWORD never goes to a stranger. Create it on every broker of the mesh:
+#   rabbitmqctl add_user {user} '<SCOUT_PASSWORD below>'
+#   rabbitmqctl set_permissions -p / {user} '^$' '^miros\\.scout\\.exchange$' '^$'
+SCOUT_USER={quser}
+SCOUT_PASSWORD={password}
 """
+
+
+def env_quote(value: str) -> str:
+    """``value`` single-quoted for a .env (python-dotenv reads it back literally)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _read_password(password: str | None, password_stdin: bool) -> str:
+    """The password from stdin, a hidden prompt, or (discouraged) the command line."""
+    if password_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            fail("--password-stdin: nothing on stdin", EXIT_UNUSABLE)
+        return line.rstrip("\r\n")
+    if password is not None:
+        click.echo("warning: --password is visible to other users (process list) and stays "
+                   "in your shell history; prefer the prompt or --password-stdin", err=True)
+        return password
+    if sys.stdin.isatty():
+        return str(click.prompt("RABBIT_PASSWORD", default="guest", hide_input=True,
+                                confirmation_prompt=True, show_default=False, err=True))
+    return "guest"
 
 
 def write_private_file(path: str, text: str) -> None:
@@ -224,33 +272,51 @@ def write_private_file(path: str, text: str) -> None:
               type=click.Path(dir_okay=False), help="Where to write the file.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 @click.option("--user", default="guest", show_default=True, help="RABBIT_USER.")
-@click.option("--password", default="guest", show_default=True,
-              help="RABBIT_PASSWORD (never printed).")
+@click.option("--password", default=None,
+              help="RABBIT_PASSWORD (discouraged: visible in the process list and shell "
+                   "history; without it you are asked, hidden; default guest).")
+@click.option("--password-stdin", is_flag=True,
+              help="Read RABBIT_PASSWORD from the first line of stdin.")
+@click.option("--scout-account", "scout_user", default=None, metavar="USER",
+              help="Also write SCOUT_USER=USER and a fresh SCOUT_PASSWORD (see docs/security.md).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="RABBIT_HOST.")
 @click.option("--port", default=5672, show_default=True, type=click.IntRange(1, 65535),
               help="RABBIT_PORT.")
 @click.pass_obj
-def init(ctx: Context, path: str, force: bool, user: str, password: str, host: str,
-         port: int) -> None:
+def init(ctx: Context, path: str, force: bool, user: str, password: str | None,
+         password_stdin: bool, scout_user: str | None, host: str, port: int) -> None:
     """Write a .env with fresh keys and the local broker's settings (mode 0600)."""
+    import secrets
+
     from cryptography.fernet import Fernet
 
     if os.path.exists(path) and not force:
         fail(f"{path} already exists; use --force to overwrite it")
     if os.path.isdir(path):
         fail(f"{path} is a folder")
-    if any(c in value for value in (user, password, host) for c in "\n\r"):
+    password = _read_password(password, password_stdin)
+    if any(c in value for value in (user, password, host, scout_user or "") for c in "\n\r"):
         fail("--user, --password and --host must be one line each", EXIT_UNUSABLE)
+    scout = ""
+    if scout_user:
+        if not all(c.isalnum() or c in "._-" for c in scout_user):
+            fail("--scout-account: letters, digits, '.', '_' and '-' only", EXIT_UNUSABLE)
+        scout = SCOUT_TEMPLATE.format(user=scout_user, quser=env_quote(scout_user),
+                                      password=env_quote(secrets.token_urlsafe(24)))
     text = ENV_TEMPLATE.format(
-        when=time.strftime("%Y-%m-%d %H:%M:%S"), user=user, password=password, host=host,
+        when=time.strftime("%Y-%m-%d %H:%M:%S"), user=env_quote(user),
+        password=env_quote(password), host=env_quote(host),
         port=port, mesh=Fernet.generate_key().decode(), trace=Fernet.generate_key().decode(),
-        spy=Fernet.generate_key().decode())
+        spy=Fernet.generate_key().decode(), scout=scout)
     try:
         write_private_file(path, text)
     except OSError as error:
         fail(f"cannot write {path}: {error.strerror or error}")
     click.echo(f"wrote {os.path.abspath(path)} (mode 0600, fresh keys; copy it to every "
                "machine of your mesh)")
+    if scout_user:
+        click.echo(f"create the scout account {scout_user} on every broker of the mesh: see "
+                   f"the commands in {path} (docs/security.md)")
 
 
 # --------------------------------------------------------------------------- demo
@@ -395,8 +461,9 @@ def _doctor_checks(env_file: str | None) -> list[Check]:
                 checks.append(Check("keys", "ok", f"{variable}: " + (
                     "defaults to the mesh key" if same else f"{_mask_keys(keys)}, valid Fernet")))
     if settings is not None:
+        tls = settings.tls_config if settings.rabbit_tls else None
         probe = probe_broker(settings.rabbit_host, settings.rabbit_port, settings.rabbit_user,
-                             settings.rabbit_password, vhost=settings.rabbit_vhost)
+                             settings.rabbit_password, vhost=settings.rabbit_vhost, tls=tls)
         where = f"{settings.rabbit_host}:{settings.rabbit_port}"
         if probe.ok:
             checks.append(Check("broker", "ok", f"{probe.reason} ({probe.elapsed * 1000:.0f} ms)"))
@@ -415,6 +482,8 @@ def _doctor_checks(env_file: str | None) -> list[Check]:
         else:
             checks.append(Check("broker", "fail", f"broker at {where}: {probe.reason}",
                                 "is it RabbitMQ (AMQP 0-9-1) on that port?"))
+    if settings is not None:
+        checks.append(_scout_check(settings))
     hosts_path = HOSTS_FILE
     if not os.path.exists(hosts_path):
         checks.append(Check("hosts file", "ok", f"no {hosts_path} (optional: "
@@ -622,8 +691,8 @@ def hosts_list(click_ctx: click.Context) -> None:
         fail(f"cannot read {path}: {error.strerror or error}")
     finally:
         store.close()
-    for entry in entries:
-        click.echo(entry)
+    for entry in entries:  # a shared file: no password shown, no control character obeyed
+        click.echo(printable(mask_url(entry)))
     if not entries:
         click.echo(f"{path}: no hosts", err=True)
 
@@ -653,15 +722,14 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, no_color: bool,
     import threading
 
     from miros_rabbitmq.mesh import snoop as snooping
-    from miros_rabbitmq.transport import BrokerAddress
+    from miros_rabbitmq.transport import local_broker
 
     settings = _load(ctx, require_mesh_key=False)  # the snoop keys are enough
     _check_keys(settings, mesh=False)
     networks = [n for n, wanted in ((snooping.TRACE, want_trace), (snooping.SPY, want_spy))
                 if wanted] or [snooping.TRACE, snooping.SPY]
     color = not no_color and not os.environ.get("NO_COLOR")
-    address = BrokerAddress(settings.rabbit_host, settings.rabbit_port, settings.rabbit_vhost,
-                            settings.rabbit_user, settings.rabbit_password)
+    address = local_broker(settings)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -732,8 +800,9 @@ def sequence(logfile: Any, svg_out: str | None, mermaid_out: str | None,
             except OSError as error:
                 fail(f"cannot write {out}: {error.strerror or error}")
             click.echo(f"wrote {out}", err=True)
-    if not quiet:
-        click.echo(render_text(trace), nl=False)
+    if not quiet:  # chart names come from the network: escaped, line by line
+        click.echo("\n".join(printable(line) for line in render_text(trace).split("\n")),
+                   nl=False)
 
 
 # --------------------------------------------------------------------------- discover
@@ -772,7 +841,8 @@ def discover(ctx: Context, network: str | None, hosts_file: str | None, timeout:
         try:
             reports = discover_once(
                 network=network, hosts_file=hosts_file, timeout=timeout, settings=settings,
-                progress=lambda report: bar.update(task, advance=1, last=report.address))
+                progress=lambda report: bar.update(task, advance=1,
+                                                   last=printable(mask_url(report.address))))
         except ConfigurationError as error:
             fail(str(error), EXIT_UNUSABLE)
     if not reports:
@@ -783,9 +853,11 @@ def discover(ctx: Context, network: str | None, hosts_file: str | None, timeout:
     table.add_column("state")
     table.add_column("answer in", justify="right")
     for report in reports:
+        # a URL's password is never shown; texts from the network are escaped
         state = Text("mesh node (key proven)", style="green") if report.found else Text(
-            f"{report.state}: {report.reason or 'no answer'}", style="dim")
-        table.add_row(report.address, state, f"{report.elapsed * 1000:.0f} ms")
+            printable(f"{report.state}: {report.reason or 'no answer'}"), style="dim")
+        table.add_row(Text(printable(mask_url(report.address))), state,
+                      f"{report.elapsed * 1000:.0f} ms")
     ctx.console.print(table)
 
 

@@ -171,13 +171,13 @@ def demo_settings(env_file: str | None = None,
     Raises :class:`EnvContractBroken` when a ``.env`` or some variables exist
     but are incomplete (that is a configuration to fix, not to paper over).
     """
-    from dotenv import find_dotenv
+    from miros_rabbitmq.config import find_env_file
 
     env = dict(os.environ if environ is None else environ)
     try:
         settings = load_settings(environ=env, dotenv_path=env_file, lan_discovery=False)
     except EnvContractBroken:
-        dotenv = env_file if env_file else find_dotenv(usecwd=True)
+        dotenv = env_file if env_file else find_env_file()
         if (env_file and os.path.exists(env_file)) or (not env_file and dotenv) or any(
                 env.get(name) for name in ENV_VARIABLES):
             raise

@@ -50,18 +50,23 @@ class TaggedDiscovery(ConnectionDiscoveryPayload):
     Untagged payloads (published by user code) are taken by every factory.
     """
 
-    tag: str
+    tag: str | None
+    unverified: bool = False
 
     def __repr__(self) -> str:  # reads like the payload it is
         text = ConnectionDiscoveryPayload.__repr__(self)
         return text.replace(type(self).__name__, "ConnectionDiscoveryPayload", 1)
 
 
-def tagged(payload: ConnectionDiscoveryPayload, tag: str | None) -> ConnectionDiscoveryPayload:
-    if tag is None:
+def tagged(payload: ConnectionDiscoveryPayload, tag: str | None, *,
+           unverified: bool = False) -> ConnectionDiscoveryPayload:
+    """``payload`` marked with its discovery's ``tag``; ``unverified``: its peers
+    are claims (a LAN cache entry), to be scouted before the factory adopts them."""
+    if tag is None and not unverified:
         return payload
     result = TaggedDiscovery(*payload)
     result.tag = tag
+    result.unverified = unverified
     return result
 
 

@@ -65,7 +65,12 @@ from miros_rabbitmq.discovery.producer_factory_chart import (
 from miros_rabbitmq.errors import ConfigurationError, PeerAddressError
 from miros_rabbitmq.mesh.challenge import ScoutCredentials
 from miros_rabbitmq.payloads import ConnectionDiscoveryPayload
-from miros_rabbitmq.transport import PROBER, BrokerAddress, ProbeResult
+from miros_rabbitmq.transport import (
+    PROBER,
+    BrokerAddress,
+    ProbeResult,
+    local_broker,
+)
 from miros_rabbitmq.wire.names import (
     DEFAULT_MAX_BUFFER,
     DEFAULT_SCOUT_TIMEOUT,
@@ -175,9 +180,7 @@ class Discovery:
         self.config = (config or DiscoveryConfig()).resolved()
         self.max_buffer = max_buffer
         self.lan = settings.lan_discovery
-        self.local = BrokerAddress(settings.rabbit_host, settings.rabbit_port,
-                                   settings.rabbit_vhost, settings.rabbit_user,
-                                   settings.rabbit_password)
+        self.local = local_broker(settings)
         self.origin: str | None = None
         self.credentials: ScoutCredentials | None = None
         self.factory: ProducerFactoryChart | None = None
@@ -269,7 +272,8 @@ class Discovery:
             self.lan_chart = LanChart(
                 config.time_out_in_minutes, live_trace=config.live_trace,
                 live_spy=config.live_spy, cache_file=config.lan_cache_file,
-                port=self.settings.rabbit_port, recce=self.recce, tag=self.tag)
+                port=self.settings.rabbit_port, recce=self.recce, tag=self.tag,
+                tls=self.settings.rabbit_tls)
         self.started = True
         logger.info("discovery started for %s (hosts file %s, LAN %s)", self.local.hostport,
                     config.hosts_file, "on" if self.lan else "off")

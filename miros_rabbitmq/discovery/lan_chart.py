@@ -153,6 +153,7 @@ class LanChart(ActiveObject):
         port: int = 5672,
         recce: Any = None,
         tag: str | None = None,
+        tls: bool = False,
     ) -> None:
         if isinstance(time_out_in_minutes, bool) or not isinstance(time_out_in_minutes, (int, float)) \
                 or time_out_in_minutes < 0:
@@ -163,6 +164,7 @@ class LanChart(ActiveObject):
         self.cache_path = os.path.abspath(os.fspath(cache_file or LAN_CACHE_FILE))
         self.cache_name = os.path.basename(self.cache_path)
         self.port = port
+        self.tls = tls  # the cache's URLs say amqps:// then (never a silent downgrade)
         self.recce = recce
         self.tag = tag
         self.live_trace = bool(live_trace)
@@ -203,7 +205,7 @@ class LanChart(ActiveObject):
         self.fresh_for = limit - age
         self.last_addresses = hosts
         logger.info("lan_chart: fresh LAN cache (%d peers, %.0f s old): no scan", len(hosts), age)
-        self._announce(hosts, amqp_urls)
+        self._announce(hosts, amqp_urls, unverified=True)  # a file anyone may have written
         return True
 
     def request_recce(self) -> None:
@@ -231,13 +233,13 @@ class LanChart(ActiveObject):
 
     def url(self, host: str) -> str:
         shown = f"[{host}]" if ":" in host else host
-        return f"amqp://{shown}:{self.port}/%2F"
+        return f"{'amqps' if self.tls else 'amqp'}://{shown}:{self.port}/%2F"
 
-    def _announce(self, hosts: list[str], urls: list[str]) -> None:
+    def _announce(self, hosts: list[str], urls: list[str], *, unverified: bool = False) -> None:
         if hosts or urls:
             self.publish(Event(signal=signals.CONNECTION_DISCOVERY,
                                payload=tagged(ConnectionDiscoveryPayload(hosts, urls, DISPATCHER),
-                                              self.tag)))
+                                              self.tag, unverified=unverified)))
 
     def stop(self) -> None:
         self.timers.close()

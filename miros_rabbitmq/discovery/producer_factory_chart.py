@@ -42,6 +42,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -75,6 +77,14 @@ DEFAULT_GRACE_SEC = 5.0
 DEFAULT_RESCOUT_MIN_SEC = 1.0
 DEFAULT_RESCOUT_MAX_SEC = 60.0
 MAX_DEPARTED = 1024  # departed addresses remembered for re-scouting
+#: peers one factory holds at most; discoveries beyond it are refused (logged)
+DEFAULT_MAX_PEERS = 256
+#: unverified candidates (aliens, LAN cache entries) scouted at once, at most
+MAX_VETTING = 64
+#: an unverified candidate whose scout failed is not scouted again for this long
+VET_RETRY_SEC = 60.0
+MAX_REFUSED = 1024
+ALIEN = "alien"
 
 for _name in ("CONNECTION_DISCOVERY", "AMQP_CONSUMER_CHECK", "PEER_JOINED", "PEER_LEFT",
               "producers_built", "peer_link_changed", "peer_grace_over", "rescout_departed"):
@@ -122,6 +132,14 @@ class _Departed:
 
 
 @dataclass
+class _Vetting:
+    address: BrokerAddress
+    dispatcher: str
+    entry: str
+    scout: RabbitConsumerScoutChart | None = None
+
+
+@dataclass
 class _Staged:
     address: BrokerAddress
     dispatcher: str
@@ -135,7 +153,7 @@ def producer_discovery(chart: ProducerFactoryChart, e: Event) -> Any:
             return chart.trans(refactor_producers)
         return return_status.HANDLED
     if e.signal == signals.AMQP_CONSUMER_CHECK:
-        if chart.take_rescout(e.payload):
+        if chart.take_rescout(e.payload) or chart.take_vetted(e.payload):
             return chart.trans(refactor_producers)
         return return_status.HANDLED
     if e.signal == signals.peer_link_changed:
@@ -212,6 +230,7 @@ class ProducerFactoryChart(ActiveObject):
         scout_timeout: float = DEFAULT_SCOUT_TIMEOUT,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         tag: str | None = None,
+        max_peers: int = DEFAULT_MAX_PEERS,
     ) -> None:
         super().__init__(name="producer_factory_chart")
         self.tag = tag
@@ -230,6 +249,12 @@ class ProducerFactoryChart(ActiveObject):
         self.live_trace = bool(live_trace)
         self.live_spy = bool(live_spy)
         self.routing_key = search_key("rescout")
+        self.vet_routing_key = search_key("vet")
+        self.max_peers = max_peers
+        self.refused = 0  # candidates refused: unverified and not proven, or over max_peers
+        self._vetting: dict[Key, _Vetting] = {}
+        self._refused: dict[Key, float] = {}
+        self._last_full_log = float("-inf")
         self.timers = Timers(self.name)
         self.posted = 0
         self.retired = 0
@@ -265,15 +290,90 @@ class ProducerFactoryChart(ActiveObject):
         if tag is not None and tag != self.tag:
             return False  # made by another discovery of this process
         dispatcher = str(getattr(payload, "dispatcher", "") or "unknown")
+        # an alien's origin, or a LAN cache entry, is only a claim: scouted first
+        unverified = dispatcher == ALIEN or bool(getattr(payload, "unverified", False))
         entries = [*(getattr(payload, "hosts", None) or []),
                    *(getattr(payload, "amqp_urls", None) or [])]
         for entry in entries:
             if not isinstance(entry, str):
                 continue
             address = self._parse(entry)
-            if address is not None:
+            if address is None:
+                continue
+            if unverified:
+                self._vet(address, dispatcher)
+            else:
                 self._stage(address, dispatcher)
         return bool(self._staged)
+
+    def _full(self) -> bool:
+        with self._peers_lock:
+            count = len(self._peers)
+        if count + len(self._staged) < self.max_peers:
+            return False
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._last_full_log >= 60.0:
+            self._last_full_log = now
+            logger.warning("producer_factory_chart: %d peers, the most it takes (max_peers); "
+                           "refusing new ones (%d so far)", self.max_peers, self.refused)
+        return True
+
+    def _vet(self, address: BrokerAddress, dispatcher: str) -> None:
+        """Scout an unverified candidate; it is staged only if a node holding our
+        key answers there (take_vetted)."""
+        key = address.identity()  # the factory's thread: a DNS lookup is fine here
+        if key == self.local_key or key in self._vetting:
+            return
+        with self._peers_lock:
+            if key in self._peers:
+                return
+        if any(s.address.identity() == key for s in self._staged):
+            return
+        refused_at = self._refused.get(key)
+        if refused_at is not None and time.monotonic() - refused_at < VET_RETRY_SEC:
+            return
+        if len(self._vetting) >= MAX_VETTING:
+            self.refused += 1
+            logger.info("producer_factory_chart: %d candidates being scouted already; "
+                        "ignoring %s (%s)", MAX_VETTING, address.hostport, dispatcher)
+            return
+        if self._full():
+            return
+        entry = _scout_entry(address)
+        vetting = _Vetting(address, dispatcher, entry)
+        self._vetting[key] = vetting
+        logger.info("producer_factory_chart: scouting %s (%s) before adopting it",
+                    address.hostport, dispatcher)
+        vetting.scout = RabbitConsumerScoutChart(
+            entry, routing_key=self.vet_routing_key, exchange_name=MESH_EXCHANGE,
+            timeout=self.scout_timeout, credentials=self.credentials)
+
+    def take_vetted(self, payload: Any) -> bool:
+        """The verdict on an unverified candidate; True if it was staged."""
+        if getattr(payload, "routing_key", None) != self.vet_routing_key:
+            return False
+        for key, vetting in list(self._vetting.items()):
+            if vetting.entry != payload.ip_address:
+                continue
+            del self._vetting[key]
+            if vetting.scout is not None:
+                vetting.scout.stop()
+            if payload.result:
+                self._refused.pop(key, None)
+                self._stage(vetting.address, vetting.dispatcher)
+                return bool(self._staged)
+            self.refused += 1
+            if len(self._refused) >= MAX_REFUSED:
+                self._refused.pop(next(iter(self._refused)))
+            self._refused[key] = time.monotonic()
+            logger.info("producer_factory_chart: %s (%s) did not prove our key: not adopted",
+                        vetting.address.hostport, vetting.dispatcher)
+        return False
+
+    def vetting(self) -> list[str]:
+        """Candidates being scouted before adoption (snapshot, for tests and tools)."""
+        return [v.address.hostport for v in list(self._vetting.values())]
 
     def _stage(self, address: BrokerAddress, dispatcher: str) -> None:
         key = address.identity()
@@ -283,6 +383,8 @@ class ProducerFactoryChart(ActiveObject):
             if key in self._peers:
                 return
         if any(s.address.identity() == key for s in self._staged):
+            return
+        if self._full():
             return
         departed = self._departed.pop(key, None)
         if departed is not None:
@@ -417,7 +519,7 @@ class ProducerFactoryChart(ActiveObject):
         if departed is None:
             return
         departed.attempts += 1
-        entry = departed.address.hostport
+        entry = _scout_entry(departed.address)
         if departed.scout is None:
             address, settings = departed.address, self.settings
             credentials = self.credentials
@@ -435,14 +537,14 @@ class ProducerFactoryChart(ActiveObject):
                 "exchange_name": MESH_EXCHANGE}))
 
     def is_my_check(self, payload: Any) -> bool:
-        return getattr(payload, "routing_key", None) == self.routing_key
+        return getattr(payload, "routing_key", None) in (self.routing_key, self.vet_routing_key)
 
     def take_rescout(self, payload: Any) -> bool:
         """An answer of a departed peer's scout; True if it is back (staged)."""
-        if not self.is_my_check(payload):
+        if getattr(payload, "routing_key", None) != self.routing_key:
             return False
         for key, departed in list(self._departed.items()):
-            if departed.address.hostport != payload.ip_address:
+            if _scout_entry(departed.address) != payload.ip_address:
                 continue
             if payload.result:
                 del self._departed[key]
@@ -477,6 +579,10 @@ class ProducerFactoryChart(ActiveObject):
         for key, departed in list(self._departed.items()):
             self._end_rescout(key, departed)
         self._departed.clear()
+        for vetting in list(self._vetting.values()):
+            if vetting.scout is not None:
+                vetting.scout.stop()
+        self._vetting.clear()
         with self._peers_lock:
             peers, self._peers = list(self._peers.values()), {}
         for peer in peers:
@@ -493,3 +599,12 @@ class ProducerFactoryChart(ActiveObject):
             if address is not None and address.identity() in keys:
                 result.append(entry)
         return result
+
+
+def _scout_entry(address: BrokerAddress) -> str:
+    """What a scout of ``address`` is given: ``host:port``, or an amqps:// URL
+    (without a login) so that TLS is never dropped on the way."""
+    if address.tls is None:
+        return address.hostport
+    vhost = urllib.parse.quote(address.vhost, safe="")
+    return f"amqps://{address.hostport}/{vhost}"

@@ -25,7 +25,14 @@ from miros_rabbitmq._miros import RESERVED_SIGNALS
 from miros_rabbitmq.config import Secret, Settings
 from miros_rabbitmq.errors import BrokerAuthenticationError, DecodeError, PeerAddressError
 from miros_rabbitmq.mesh import challenge
-from miros_rabbitmq.transport import LINKS, BrokerAddress, BrokerLink, Consumer, parse_peer
+from miros_rabbitmq.transport import (
+    LINKS,
+    BrokerAddress,
+    BrokerLink,
+    Consumer,
+    local_broker,
+    parse_peer,
+)
 from miros_rabbitmq.wire.codec import JSON, PICKLE, Codec, Envelope, Serializer
 from miros_rabbitmq.wire.names import (
     DEFAULT_MAX_AGE_SEC,
@@ -57,6 +64,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+MAX_KNOWN_ORIGINS = 4096  # origins already checked for aliens (then forgotten, all at once)
 DROP_LOG_INTERVAL = 60.0
 V02_HINT = ("a miros-rabbitmq 0.2 node is sending on this mesh with our key; 0.2 and 0.3 "
             "cannot talk to each other: upgrade both sides to the same version "
@@ -162,9 +170,7 @@ class MirosNets:
         # the envelope of a delivery that found no room: decrypted once, not again on resume
         self._parked_envelope: tuple[bytes, Envelope] | None = None
         self._initial_peers = list(peers)
-        self.local_address = BrokerAddress(settings.rabbit_host, settings.rabbit_port,
-                                           settings.rabbit_vhost, settings.rabbit_user,
-                                           settings.rabbit_password)
+        self.local_address = local_broker(settings)
         self.local_link: BrokerLink | None = None
         self.consumer: Consumer | None = None
         self._local_consumers: list[Consumer] = []
@@ -393,13 +399,18 @@ class MirosNets:
     def _check_origin(self, origin: str) -> None:
         """Report an origin that is neither our broker nor a peer, once (I/O thread)."""
         try:
-            key = parse_peer(origin, self.settings).identity()
+            # no DNS on the I/O thread: a name not resolved yet goes to discovery,
+            # which resolves it on its own thread (and scouts it before adopting it)
+            key = parse_peer(origin, self.settings).cached_identity()
+            valid = True
         except PeerAddressError:
-            key = None
+            key, valid = None, False
         with self._peers_lock:
+            if len(self._known_origins) >= MAX_KNOWN_ORIGINS:
+                self._known_origins.clear()
             self._known_origins.add(origin)
             local = self.local_link.identity if self.local_link is not None else None
-            alien = key is not None and key != local and key not in self._peers
+            alien = valid and (key is None or (key != local and key not in self._peers))
         callback = self.on_alien
         if alien and callback is not None:
             try:

@@ -60,6 +60,7 @@ import click
 from miros_rabbitmq.config import Secret, Settings
 from miros_rabbitmq.errors import DecodeError
 from miros_rabbitmq.mesh.nets import DropCounter, MirosNets
+from miros_rabbitmq.terminal import printable
 from miros_rabbitmq.transport import LINKS, BrokerAddress, BrokerLink, Consumer
 from miros_rabbitmq.wire.codec import JSON, Codec
 from miros_rabbitmq.wire.names import (
@@ -146,8 +147,10 @@ def format_record(record: SnoopRecord, network: str, *, local: bool, color: bool
     than another node (purple). ``color=False`` gives plain text.
     """
     prefix = PREFIX[network]
-    text = strip_ansi(record.text).replace("\n", " ").rstrip()
-    name = record.name
+    # from the network: colour codes dropped, every other control character
+    # shown escaped (an OSC/CSI sequence must not act on the watcher's terminal)
+    text = printable(strip_ansi(record.text).replace("\n", " ").rstrip())
+    name = printable(record.name)
     if record.kind == "spy":
         if not color:
             return f"{prefix}{name} {text}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -48,12 +49,13 @@ from pika.adapters.utils.connection_workflow import (
 )
 from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
 
-from miros_rabbitmq.config import Secret, Settings, mask_url
+from miros_rabbitmq.config import Secret, Settings, TlsConfig, mask_url
 from miros_rabbitmq.errors import PeerAddressError
 from miros_rabbitmq.wire.names import (
     CONTENT_TYPE,
     DEFAULT_HEARTBEAT,
     DEFAULT_MAX_BUFFER,
+    DEFAULT_TLS_PORT,
     DIRECT_REPLY_TO,
     ProbeOutcome,
 )
@@ -62,6 +64,7 @@ __all__ = [
     "BrokerAddress",
     "BrokerLink",
     "Consumer",
+    "local_broker",
     "LinkRegistry",
     "LINKS",
     "parse_peer",
@@ -324,6 +327,8 @@ class BrokerAddress:
     vhost: str
     user: str
     password: Secret = field(compare=False)
+    #: TLS settings (amqps://); None: plain TCP. Never downgraded silently.
+    tls: TlsConfig | None = field(default=None, compare=False)
 
     @property
     def url(self) -> str:
@@ -338,7 +343,8 @@ class BrokerAddress:
         host = f"[{self.host}]" if ":" in self.host else self.host
         vhost = urllib.parse.quote(self.vhost, safe="")
         user = urllib.parse.quote(self.user, safe="")
-        return f"amqp://{user}:{urllib.parse.quote(password, safe='')}@{host}:{self.port}/{vhost}"
+        scheme = "amqps" if self.tls is not None else "amqp"
+        return f"{scheme}://{user}:{urllib.parse.quote(password, safe='')}@{host}:{self.port}/{vhost}"
 
     def __str__(self) -> str:
         return self.url
@@ -354,32 +360,69 @@ class BrokerAddress:
         """A key equal for two addresses that reach the same broker as the same user.
 
         ``localhost``, ``127.0.0.1``, ``::1`` and this machine's own interface
-        addresses are one broker; a hostname is resolved to its address.
+        addresses are one broker; a hostname is resolved to its address (the
+        answer is cached for a minute; never call this on an I/O thread for a
+        name: see :meth:`cached_identity`).
         """
-        return (_canonical_ip(self.host), self.port, self.vhost, self.user)
+        return (_canonical_ip(self.host) or self.host.lower(), self.port, self.vhost, self.user)
+
+    def cached_identity(self) -> tuple[str, int, str, str] | None:
+        """:meth:`identity` without any DNS lookup: None for a name not resolved yet."""
+        ip = _canonical_ip(self.host, resolve=False)
+        return None if ip is None else (ip, self.port, self.vhost, self.user)
+
+
+def local_broker(settings: Settings) -> BrokerAddress:
+    """This node's own broker (``RABBIT_HOST``/``RABBIT_PORT``; TLS with ``RABBIT_TLS``)."""
+    return BrokerAddress(settings.rabbit_host, settings.rabbit_port, settings.rabbit_vhost,
+                         settings.rabbit_user, settings.rabbit_password,
+                         settings.tls_config if settings.rabbit_tls else None)
+
+
+def _shown(text: str) -> str:
+    """``text`` for an error message: anything before an ``@`` may be a login."""
+    if "://" in text:
+        return mask_url(text)
+    if "@" in text:
+        return "******@" + text.rpartition("@")[2]
+    return text
 
 
 def parse_peer(entry: str, settings: Settings) -> BrokerAddress:
-    """Parse ``host``, ``host:port``, ``[v6]:port`` or ``amqp://user:pass@host:port/vhost``.
+    """Parse ``host``, ``host:port``, ``[v6]:port`` or ``amqp[s]://user:pass@host:port/vhost``.
 
-    Missing parts come from ``settings``. Raises :class:`PeerAddressError`.
+    Missing parts come from ``settings``. ``amqps://`` is TLS (port 5671 by
+    default), whatever ``RABBIT_TLS`` says; ``amqp://`` is plain TCP; a bare
+    host uses TLS when ``RABBIT_TLS`` is on. Raises :class:`PeerAddressError`,
+    whose text never shows a password.
     """
     text = str(entry).strip()
     if not text:
         raise PeerAddressError("empty peer address")
     if "://" in text:
-        parsed = urllib.parse.urlsplit(text)
-        if parsed.scheme not in ("amqp", "amqps") or not parsed.hostname:
-            raise PeerAddressError(f"not an amqp:// URL: {mask_url(text)}")
         try:
-            port = parsed.port or settings.rabbit_port
+            parsed = urllib.parse.urlsplit(text)
+            hostname = parsed.hostname
         except ValueError:
-            raise PeerAddressError(f"bad port in {mask_url(text)}") from None
+            raise PeerAddressError(f"not an amqp:// URL: {_shown(text)}") from None
+        if parsed.scheme not in ("amqp", "amqps") or not hostname or not text.isprintable():
+            raise PeerAddressError(f"not an amqp:// URL: {_shown(text)!r}")
+        tls = settings.tls_config if parsed.scheme == "amqps" else None
+        if tls is not None:
+            default_port = settings.rabbit_port if settings.rabbit_tls else DEFAULT_TLS_PORT
+        else:
+            default_port = 5672 if settings.rabbit_tls else settings.rabbit_port
+        try:
+            port = parsed.port or default_port
+        except ValueError:
+            raise PeerAddressError(f"bad port in {_shown(text)}") from None
         vhost = urllib.parse.unquote(parsed.path[1:]) if len(parsed.path) > 1 else settings.rabbit_vhost
         user = urllib.parse.unquote(parsed.username) if parsed.username else settings.rabbit_user
         password = (Secret(urllib.parse.unquote(parsed.password)) if parsed.password is not None
                     else settings.rabbit_password)
-        return BrokerAddress(parsed.hostname, port, vhost, user, password)
+        return BrokerAddress(hostname, port, vhost, user, password, tls)
+    if "@" in text:
+        raise PeerAddressError(f"a login needs an amqp:// URL: {_shown(text)}")
     host, port = text, settings.rabbit_port
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
@@ -388,10 +431,24 @@ def parse_peer(entry: str, settings: Settings) -> BrokerAddress:
     elif text.count(":") == 1:
         host, _, raw_port = text.partition(":")
         port = _port(raw_port, text)
-    if not host or any(c.isspace() for c in host) or "/" in host:
+    if not host or any(c.isspace() for c in host) or "/" in host or not host.isprintable():
         raise PeerAddressError(f"not a host, host:port or amqp:// URL: {text!r}")
     return BrokerAddress(host, port, settings.rabbit_vhost, settings.rabbit_user,
-                         settings.rabbit_password)
+                         settings.rabbit_password,
+                         settings.tls_config if settings.rabbit_tls else None)
+
+
+@functools.lru_cache(maxsize=16)
+def _ssl_context(tls: TlsConfig) -> Any:
+    return tls.context()
+
+
+def ssl_options(address: BrokerAddress) -> pika.SSLOptions | None:
+    """pika's TLS options for ``address`` (None for plain TCP); the certificate
+    is verified against ``tls.ca_file`` and, by default, must name the host."""
+    if address.tls is None:
+        return None
+    return pika.SSLOptions(_ssl_context(address.tls), server_hostname=address.host)
 
 
 def _port(raw: str, text: str) -> int:
@@ -422,11 +479,30 @@ def local_addresses() -> frozenset[str]:
     return _local_ips
 
 
-def _canonical_ip(host: str) -> str:
+_RESOLVED_TTL = 60.0
+_RESOLVED_MAX = 4096
+_resolved: dict[str, tuple[float, str]] = {}
+
+
+def _canonical_ip(host: str, *, resolve: bool = True) -> str | None:
     try:
-        ip = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
-    except (OSError, UnicodeError):
-        return host.lower()
+        ip = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM,
+                                flags=socket.AI_NUMERICHOST)[0][4][0]
+    except (OSError, UnicodeError):  # a name, not an address
+        now = time.monotonic()
+        cached = _resolved.get(host)
+        if cached is not None and cached[0] > now:
+            ip = cached[1]
+        elif not resolve:
+            return None
+        else:
+            try:
+                ip = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
+            except (OSError, UnicodeError):
+                return host.lower()
+            if len(_resolved) >= _RESOLVED_MAX:
+                _resolved.clear()
+            _resolved[host] = (now + _RESOLVED_TTL, ip)
     try:
         parsed = ipaddress.ip_address(ip.split("%")[0])
     except ValueError:
@@ -478,6 +554,7 @@ class Consumer:
         self._tag: str | None = None
         self._ack_upto = 0  # highest delivery tag taken but not yet acked
         self._ack_timer: Any = None
+        self._channel_failures = 0  # its channel closed by the broker, in a row (backoff)
 
     def __repr__(self) -> str:
         return f"Consumer(queue={self.queue!r}, exchange={self.exchange!r}, keys={self.routing_keys!r})"
@@ -611,6 +688,7 @@ class BrokerLink:
         self._connection: Any = None
         self._pub_channel: Any = None
         self._pub_ready = False
+        self._pub_failures = 0  # publishing channels lost in a row (backoff)
         self._next_tag = 0
         self._attempt = 0
         self._reconnect_timer: Any = None
@@ -760,6 +838,7 @@ class BrokerLink:
             port=self.address.port,
             virtual_host=self.address.vhost,
             credentials=pika.PlainCredentials(self.address.user, self.address.password.reveal()),
+            ssl_options=ssl_options(self.address),
             heartbeat=self.heartbeat,
             connection_attempts=1,
             socket_timeout=5,
@@ -781,6 +860,8 @@ class BrokerLink:
                 on_close_callback=self._on_closed,
                 custom_ioloop=self._ioloop,
             )
+            if self.address.tls is not None:
+                self._connection._direct_writes = False  # TLS: pika writes the records
         except Exception as error:
             self._on_open_error(None, error)
 
@@ -861,6 +942,7 @@ class BrokerLink:
         next_one()
 
     def _on_publish_ready(self) -> None:
+        self._pub_failures = 0
         self._next_tag = 0
         self._pub_ready = True
         self.connected.set()
@@ -875,15 +957,27 @@ class BrokerLink:
                 logger.exception("link state listener failed")
 
     def _on_channel_closed(self, channel: Any, reason: BaseException) -> None:
+        """The publishing channel closed (a channel-level error, e.g. an exchange
+        declared elsewhere with another type): open another one, with backoff.
+        The connection stays: every other chart's channel on it goes on."""
         if self._closing or self._connection is None or not self._connection.is_open:
             return
-        # a channel-level error (e.g. an exchange declared elsewhere with another
-        # type): drop the connection and start clean, with backoff
-        logger.warning("channel to %s closed: %s", self.address, _describe(reason))
-        try:
-            self._connection.close()
-        except Exception:
-            pass
+        if channel is not self._pub_channel:
+            return
+        self._pub_ready = False
+        self._pub_channel = None
+        self._requeue_unconfirmed()
+        delay = _channel_backoff(self._pub_failures)
+        self._pub_failures += 1
+        logger.warning("publishing channel to %s closed: %s (another in %.1f s)",
+                       self.address, _describe(reason), delay)
+        self._ioloop.call_later(delay, self._reopen_pub_channel)
+
+    def _reopen_pub_channel(self) -> None:
+        connection = self._connection
+        if self._closing or connection is None or not connection.is_open or self._pub_channel:
+            return
+        connection.channel(on_open_callback=self._on_pub_channel)
 
     def _drain_outbox(self) -> None:
         with self._lock:
@@ -969,8 +1063,22 @@ class BrokerLink:
                                     reason: BaseException) -> None:
         if consumer._channel is channel:
             consumer._forget_channel()
-        if consumer in self._consumers:  # not a removal: start clean, with backoff
-            self._on_channel_closed(channel, reason)
+        connection = self._connection
+        if (consumer not in self._consumers or self._closing or connection is None
+                or not connection.is_open):
+            return  # a removal, or the connection went (it reopens every channel)
+        # a channel-level error on this consumer's channel (e.g. its queue declared
+        # elsewhere with other arguments): only this channel is retried, with backoff
+        delay = _channel_backoff(consumer._channel_failures)
+        consumer._channel_failures += 1
+        logger.warning("channel of %s on %s closed: %s (another in %.1f s)", consumer.queue,
+                       self.address, _describe(reason), delay)
+
+        def reopen() -> None:
+            if consumer in self._consumers and consumer._channel is None:
+                self._open_consumer_channel(consumer)
+
+        self._ioloop.call_later(delay, reopen)
 
     def _setup_consumer(self, consumer: Consumer, channel: Any) -> None:
         consumer._channel = channel
@@ -997,9 +1105,12 @@ class BrokerLink:
             bind_next()
 
         def on_qos(_frame: Any) -> None:
+            def on_consuming(_frame: Any) -> None:
+                consumer._channel_failures = 0
+                consumer.ready.set()
+
             consumer._tag = channel.basic_consume(
-                consumer.queue, consumer._deliver, auto_ack=False,
-                callback=lambda _frame: consumer.ready.set())
+                consumer.queue, consumer._deliver, auto_ack=False, callback=on_consuming)
 
         channel.exchange_declare(consumer.exchange, exchange_type=consumer.exchange_type,
                                  durable=True, callback=on_exchange)
@@ -1058,6 +1169,10 @@ class BrokerLink:
                 listener(self.address, self.stats.dropped_overflow)
             except Exception:
                 logger.exception("overflow callback failed")
+
+
+def _channel_backoff(failures: int) -> float:
+    return min(RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY * (2 ** min(failures, 10)))
 
 
 def _is_auth_error(error: BaseException | None) -> bool:
@@ -1160,6 +1275,7 @@ class Responder(Consumer):
                          queue=queue, exchange_type=exchange_type, prefetch=prefetch)
         self.on_request = on_request
         self.answered = 0
+        self.bad_reply_to = 0
 
     # -- I/O thread only
     def _deliver(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
@@ -1169,6 +1285,11 @@ class Responder(Consumer):
             logger.exception("responder of %s raised; request dropped", self.queue)
             answer = None
         reply_to = getattr(properties, "reply_to", None)
+        if answer is not None and not _is_direct_reply_to(reply_to):
+            # only RabbitMQ's direct reply-to: an answer published to a named queue
+            # would let a requester inject it into any queue of this broker
+            self.bad_reply_to += 1
+            answer = None
         if answer is not None and reply_to:
             try:  # a requester that is gone: the broker drops the answer
                 channel.basic_publish(
@@ -1185,11 +1306,21 @@ def _taken(_body: bytes) -> bool:
     return True
 
 
+def _is_direct_reply_to(reply_to: Any) -> bool:
+    """A name RabbitMQ gave a direct reply-to consumer (``amq.rabbitmq.reply-to.*``)."""
+    return (isinstance(reply_to, str) and reply_to.startswith(DIRECT_REPLY_TO + ".")
+            and len(reply_to) <= 255 and reply_to.isprintable())
+
+
 # --------------------------------------------------------------------------- probes
 
 PROBE_CLOSE_GRACE = 2.0  # seconds a finished probe waits for its broker's Close-Ok
 #: a probe's reason when the port took the connection but no answer came in time
 TIMEOUT_AFTER_CONNECT = "timeout (the port answered; no node holding our key did)"
+
+
+#: what a probe publishes: bytes, or ``body(ip, port)`` made once the connection is up
+ProbeBody = bytes | Callable[[str, int], bytes]
 
 
 @dataclass(frozen=True)
@@ -1233,7 +1364,7 @@ class Probe:
     """
 
     def __init__(self, prober: Prober, loop: IOLoop, services: Any, address: BrokerAddress, *,
-                 exchange: str, routing_key: str, body: bytes,
+                 exchange: str, routing_key: str, body: ProbeBody,
                  accept: Callable[[bytes], bool], timeout: float,
                  on_done: Callable[[ProbeResult], None] | None) -> None:
         self.address = address
@@ -1256,6 +1387,7 @@ class Probe:
         self._pending: Any = None  # a resolution or a TCP connect under way
         self._sock: socket.socket | None = None
         self._addresses: list[Any] = []
+        self._target = ""
         self._tcp_error = "refused"
         self._tcp_errno = errno.ECONNREFUSED
 
@@ -1337,12 +1469,14 @@ class Probe:
             return
         if self.result is not None:
             return
+        self._target = target[0]
         remaining = max(0.001, self._remaining())
         parameters = pika.ConnectionParameters(
             host=target[0],
             port=self.address.port,
             virtual_host=self.address.vhost,
             credentials=pika.PlainCredentials(self.address.user, self.address.password.reveal()),
+            ssl_options=ssl_options(self.address),  # server_hostname: the name we were given
             heartbeat=0,  # the connection lives for one round trip
             connection_attempts=1,
             socket_timeout=remaining,
@@ -1387,8 +1521,10 @@ class Probe:
         if self.result is not None or self._channel is None or not self._channel.is_open:
             return
         expiration = str(max(1, int(self._remaining() * 1000)))
+        # a body made now can name the address and port this connection reached
+        body = self._body(self._target, self.address.port) if callable(self._body) else self._body
         self._channel.basic_publish(
-            self.exchange, self.routing_key, self._body,
+            self.exchange, self.routing_key, body,
             pika.BasicProperties(delivery_mode=1, content_type=_TRANSIENT.content_type,
                                  reply_to=DIRECT_REPLY_TO, correlation_id=self._correlation_id,
                                  expiration=expiration),
@@ -1524,7 +1660,7 @@ class Prober:
         self._thread: threading.Thread | None = None
         self._active = 0
 
-    def probe(self, address: BrokerAddress, *, exchange: str, routing_key: str, body: bytes,
+    def probe(self, address: BrokerAddress, *, exchange: str, routing_key: str, body: ProbeBody,
               accept: Callable[[bytes], bool], timeout: float,
               on_done: Callable[[ProbeResult], None] | None = None) -> Probe:
         if timeout <= 0:
@@ -1591,7 +1727,7 @@ class Prober:
 PROBER = Prober()
 
 
-def probe(address: BrokerAddress, *, exchange: str, routing_key: str, body: bytes,
+def probe(address: BrokerAddress, *, exchange: str, routing_key: str, body: ProbeBody,
           accept: Callable[[bytes], bool], timeout: float,
           on_done: Callable[[ProbeResult], None] | None = None) -> Probe:
     """Publish ``body`` to ``exchange`` at ``address`` and wait for an accepted answer.

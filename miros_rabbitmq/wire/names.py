@@ -78,6 +78,7 @@ CONTENT_TYPE = "application/x-miros-rabbitmq"
 
 # --------------------------------------------------------------------------- defaults
 DEFAULT_PORT = 5672
+DEFAULT_TLS_PORT = 5671  # amqps: never a silent fallback to plain 5672
 DEFAULT_HEARTBEAT = 30  # seconds; short enough to notice a dead peer
 DEFAULT_CONNECTION_ATTEMPTS = 3
 #: seconds a scouted node has to answer a challenge
