@@ -1,8 +1,10 @@
-"""The broker-restart scenario shared by benchmarks/faults.py and tests/test_reliability.py.
+"""The delivery scenarios shared by benchmarks/ and tests/ (restarts, bursts).
 
-A sender chart transmits N numbered events as fast as it can while a broker
-is restarted (``rabbitmqctl stop_app`` / ``start_app``) and receiving charts,
-each in its own OS process, handle events slowly. Each receiver reports what
+A sender chart transmits N numbered events as fast as it can (a tight
+``transmit()`` loop) while, optionally, a broker is restarted (``rabbitmqctl
+stop_app`` / ``start_app``) and receiving charts, each in its own OS process,
+handle events (slowly, if asked). Every chart uses the default constructor;
+only the topology (``peers``, ``RABBIT_PORT``) is given. Each receiver reports what
 it got: count, duplicates, order breaks, the longest gap between two events.
 
     python benchmarks/_fault_scenario.py receive NAME RX_KEY EXPECTED [--slow SECONDS] [--peer P]
@@ -68,8 +70,9 @@ def receive_main(argv: list[str]) -> None:
         chart.temp.fun = chart.top
         return return_status.SUPER
 
+    options = {"peers": args.peer} if args.peer else {}
     chart = NetworkedActiveObject(args.name, tx_routing_key="faults.none", rx_routing_key=args.rx,
-                                  peers=args.peer, lan_discovery=False, instrumented=False)
+                                  **options)
     chart.start_at(counting)
     print("READY", flush=True)
     stopper = threading.Thread(target=lambda: (sys.stdin.readline(), done.set()), daemon=True)
@@ -139,11 +142,21 @@ class ScenarioResult:
     send_seconds: float
     reports: list[ReceiverReport]
     sender_stats: dict
+    refused: int = 0  # transmit() calls that returned False
+    longest_transmit: float = 0.0  # seconds, the longest single transmit() call
+    transmit_p99: float = 0.0
+    delivered_seconds: float = 0.0  # first transmit() to the last receiver's last event
+
+    @property
+    def delivered_rate(self) -> float:
+        """Events per second delivered to each receiver (the slowest one)."""
+        return min(r.received for r in self.reports) / max(1e-9, self.delivered_seconds)
 
 
 def run_scenario(*, events: int, sender_port: int, receiver_ports: list[int],
-                 restart: Callable[[], None], restarts: int = 2, slow: float = 0.0002,
-                 timeout: float = 240.0) -> ScenarioResult:
+                 restart: Callable[[], None] | None = None, restarts: int = 0,
+                 slow: float = 0.0002, timeout: float = 240.0,
+                 extra_peers: tuple[str, ...] = ()) -> ScenarioResult:
     """Send ``events`` numbered events; call ``restart`` ``restarts`` times while sending."""
     from miros import Event, return_status, signals, spy_on
 
@@ -157,30 +170,49 @@ def run_scenario(*, events: int, sender_port: int, receiver_ports: list[int],
         chart.temp.fun = chart.top
         return return_status.SUPER
 
-    peers = [f"127.0.0.1:{port}" for port in receiver_ports if port != sender_port]
+    peers = [f"127.0.0.1:{port}" for port in sorted(set(receiver_ports)) if port != sender_port]
+    peers += list(extra_peers)
+    # the default constructor; only the topology is given (ttl=None until the
+    # wire's replay protection without expiry is the default: a restart may
+    # hold events back for longer than the old 60 s TTL)
+    options: dict = {"peers": peers} if peers else {}
     sender = NetworkedActiveObject(
         f"fault_tx_{uuid.uuid4().hex[:6]}", tx_routing_key=rx, rx_routing_key="faults.none",
-        peers=peers, lan_discovery=False, rabbit_port=sender_port, max_buffer=events + 1000,
-        ttl=None)
+        rabbit_port=sender_port, ttl=None, **options)
     sender.start_at(idle)
     # the restarts run beside the sender, so it keeps transmitting into a dead broker
-    restarter = threading.Thread(target=lambda: [restart() for _ in range(restarts)],
-                                 name="fault-restarter")
+    restarter = threading.Thread(
+        target=lambda: [restart() for _ in range(restarts)] if restart else None,
+        name="fault-restarter")
+    durations: list[float] = []
+    refused = 0
+    clock = time.perf_counter
     try:
         started = time.monotonic()
         for number in range(events):
-            if number == events // (restarts + 1):
+            if restart is not None and restarts and number == events // (restarts + 1):
                 restarter.start()
-            sender.transmit(Event(signal=signals.FAULT_EVENT, payload=number))
+            event = Event(signal=signals.FAULT_EVENT, payload=number)
+            before = clock()
+            taken = sender.transmit(event)
+            durations.append(clock() - before)
+            refused += not taken
         send_seconds = time.monotonic() - started
         reports = [receiver.report(timeout) for receiver in receivers]
-        restarter.join(timeout)
+        delivered_seconds = time.monotonic() - started
+        if restarter.is_alive():
+            restarter.join(timeout)
         stats = {k: v for k, v in sender.nets.stats().items() if k != "peers"}
     finally:
         for receiver in receivers:
             receiver.kill()
         sender.stop()
-    return ScenarioResult(events, send_seconds, reports, stats)
+    durations.sort()
+    return ScenarioResult(events, send_seconds, reports, stats, refused=refused,
+                          longest_transmit=durations[-1] if durations else 0.0,
+                          transmit_p99=durations[int(0.99 * (len(durations) - 1))]
+                          if durations else 0.0,
+                          delivered_seconds=delivered_seconds)
 
 
 if __name__ == "__main__":

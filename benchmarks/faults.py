@@ -69,7 +69,8 @@ def main() -> int:
                       f"{report.missing:5d} {report.duplicates:4d} {report.out_of_order:5d} "
                       f"{report.longest_gap:6.2f} {wall:7.1f}")
                 failures += report.missing + report.duplicates + report.out_of_order
-            print(f"{'':30} sender: {result.sender_stats}")
+            print(f"{'':30} sender (default constructor): refused {result.refused}, longest "
+                  f"transmit() {result.longest_transmit * 1e3:.1f} ms; {result.sender_stats}")
     print("lost/duplicated/reordered in all:", failures)
     return 1 if failures else 0
 

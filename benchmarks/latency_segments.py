@@ -37,7 +37,7 @@ def receiver(ready: mp.Event, stop: mp.Event, results: mp.Queue, name: str, expe
     from miros_rabbitmq.mesh import networked as network
 
     stamps: dict[str, list[float]] = {"delivered": [], "posted": [], "handler": [], "sent": []}
-    deliver = transport.Consumer._deliver
+    deliver = transport.Consumer.handle_delivery
     post = network._Networked._deliver_from_network
 
     def timed_deliver(self, *args):
@@ -48,7 +48,7 @@ def receiver(ready: mp.Event, stop: mp.Event, results: mp.Queue, name: str, expe
         stamps["posted"].append(time.monotonic())
         return post(self, envelope)
 
-    transport.Consumer._deliver = timed_deliver
+    transport.Consumer.handle_delivery = timed_deliver
     network._Networked._deliver_from_network = timed_post
 
     def listening(chart, e):
@@ -91,7 +91,8 @@ def main() -> int:
     basic_publish = transport.BrokerLink._basic_publish
 
     def timed_publish(self, message):
-        handed.append(time.monotonic())
+        if message.exchange == "miros.mesh.exchange":  # not the presence lines (snoop trace)
+            handed.append(time.monotonic())
         return basic_publish(self, message)
 
     transport.BrokerLink._basic_publish = timed_publish

@@ -12,7 +12,9 @@ of them alike. Throughput is events/s delivered to the receiver while the
 sender sends as fast as it can, with the count sent vs received.
 
 Rows:
-  miros-rabbitmq        a NetworkedActiveObject to a NetworkedActiveObject
+  miros-rabbitmq        a NetworkedActiveObject to a NetworkedActiveObject, both
+                        made with the default constructor (instrumented charts,
+                        discovery on, default buffers: what a 0.2 user writes)
   plain pika            pika's BlockingConnection publishing transient messages
                         without confirms to an auto-ack consumer: the cheapest
                         loop the client offers
@@ -83,8 +85,8 @@ def chart_receiver(ready: Any, stop: Any, results: Any, expected: int, name: str
         chart.temp.fun = chart.top
         return return_status.SUPER
 
-    chart = NetworkedActiveObject(name, tx_routing_key="bench.rx", rx_routing_key="bench.tx",
-                                  peers=[], lan_discovery=False, instrumented=False)
+    # the default constructor: what a 0.2 user writes (an instrumented chart)
+    chart = NetworkedActiveObject(name, tx_routing_key="bench.rx", rx_routing_key="bench.tx")
     chart.start_at(listening)
     ready.set()
     stop.wait(300)
@@ -146,11 +148,10 @@ class ChartRow:
             chart.temp.fun = chart.top
             return return_status.SUPER
 
-        # the burst is buffered until confirmed: give the buffer room for all of it
+        # the default constructor, no tuning: flow control keeps the burst whole
         self.sender = NetworkedActiveObject(
             f"bench_tx_{uuid.uuid4().hex[:6]}", tx_routing_key="bench.tx",
-            rx_routing_key="bench.none", peers=[], lan_discovery=False,
-            max_buffer=throughput_events + 1000)
+            rx_routing_key="bench.none")
         self.sender.start_at(idle)
 
     def send_latency(self) -> None:
@@ -225,6 +226,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency-events", type=int, default=1000)
     parser.add_argument("--throughput-events", type=int, default=20000)
+    parser.add_argument("--burst-events", type=int, default=100000,
+                        help="the burst: a tight transmit() loop to two receiver processes "
+                             "(0: skip)")
     args = parser.parse_args()
     default_environment()
     url = (f"amqp://{os.environ['RABBIT_USER']}:{os.environ['RABBIT_PASSWORD']}"
@@ -271,7 +275,28 @@ def main() -> int:
     print(f"ratio (miros-rabbitmq / plain, durable): latency p50 x{mine['p50'] / safe['p50']:.2f}")
     print(f"lost: miros-rabbitmq {mine['sent'] - mine['received']}, "
           f"plain {theirs['sent'] - theirs['received']}")
+    if args.burst_events:
+        burst(args.burst_events, theirs["rate"])
     return 0
+
+
+def burst(events: int, plain_rate: float) -> None:
+    """A tight transmit() loop, default constructor, to two receivers in two processes."""
+    from _fault_scenario import run_scenario
+
+    port = int(os.environ.get("RABBIT_PORT", "5672"))
+    result = run_scenario(events=events, sender_port=port, receiver_ports=[port, port],
+                          slow=0.0, timeout=600)
+    delivered = min(r.received for r in result.reports)
+    lost = sum(max(0, r.missing) for r in result.reports)
+    dups = sum(r.duplicates for r in result.reports)
+    print(f"burst (default constructor, 2 receiver processes): sent {result.sent}, "
+          f"delivered {delivered} to each, lost {lost}, duplicated {dups}, "
+          f"refused {result.refused}; longest transmit() {result.longest_transmit * 1e3:.1f} ms, "
+          f"p99 {result.transmit_p99 * 1e3:.2f} ms; {result.delivered_rate:.0f} events/s per "
+          f"receiver, {2 * result.delivered_rate:.0f} in all "
+          f"({100 * result.delivered_rate / plain_rate:.0f}% / "
+          f"{200 * result.delivered_rate / plain_rate:.0f}% of the plain row's events/s)")
 
 
 if __name__ == "__main__":

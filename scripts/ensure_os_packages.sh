@@ -5,12 +5,15 @@
 #   setpriv (util-linux)    extra RabbitMQ nodes run as the rabbitmq user
 #   openssl (openssl)       TLS certificates of the TLS tests
 #   su      (login)         commands run as another user
+#   chromium, chromedriver (chromium, chromium-driver)  the browser test of
+#                           `miros-rabbitmq view` (headless, driven by Selenium)
 # Fast path when all are there. Installs as root (or with sudo). Without them
 # it says what is missing and exits 0: the tests that need a missing tool skip
 # naming it, and FAIL under CI (tests/prereq.py), so CI cannot go green without.
 set -euo pipefail
 
-declare -A want=([ping]=iputils-ping [ip]=iproute2 [setpriv]=util-linux [openssl]=openssl [su]=login)
+declare -A want=([ping]=iputils-ping [ip]=iproute2 [setpriv]=util-linux [openssl]=openssl [su]=login
+                 [chromium]=chromium [chromedriver]=chromium-driver)
 missing=()
 for tool in "${!want[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/usr/bin/$tool" ] \

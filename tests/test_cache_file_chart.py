@@ -1167,8 +1167,9 @@ def test_chart_refuses_a_planted_lock_file_and_keeps_reading(tmp_path, make_char
 
 
 def test_root_never_chowns_an_existing_lock_file(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    from prereq import need_root
+
+    need_root("the root-only rules of the cache file")
     path = tmp_path / "c.json"
     f = LockedJsonFile(path, {"a": 1})
     f.ensure_exists()
@@ -1188,8 +1189,9 @@ def test_root_never_chowns_an_existing_lock_file(tmp_path):
 
 
 def test_root_does_not_follow_another_users_symlink(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    from prereq import need_root
+
+    need_root("the root-only rules of the cache file")
     victim, before = _victim(tmp_path)
     link = tmp_path / "c.json"
     link.symlink_to(victim)

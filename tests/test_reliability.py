@@ -193,7 +193,9 @@ def test_full_buffer_drops_new_messages_and_reports_them(mesh_env, caplog) -> No
         chart.stop()
 
 
-def test_stats_count_what_happened(mesh_env) -> None:
+def test_stats_count_what_happened(mesh_env, monkeypatch) -> None:
+    # this test counts every message the shared link confirms: no presence lines (docs/view.md)
+    monkeypatch.setenv("MIROS_RABBITMQ_PRESENCE_INTERVAL", "0")
     received: list[object] = []
     sender = networked("st_tx", "st.tx", "st.none")
     receiver = networked("st_rx", "st.none", "st.tx")

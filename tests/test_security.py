@@ -648,7 +648,7 @@ def test_a_channel_error_does_not_close_the_shared_connection(mesh_env) -> None:
             assert good.ready.wait(10)
             connection = link._connection
             link.add_consumer(bad)
-            assert wait_for(lambda: bad._channel_failures >= 1, 10)
+            assert wait_for(lambda: bad.channel_failures >= 1, 10)
             assert link.publish(exchange, "k", b"still here")
             assert wait_for(lambda: received == [b"still here"], 10)
             assert link._connection is connection and link.stats.reconnects == 0

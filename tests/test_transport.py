@@ -97,30 +97,14 @@ def test_single_publish_on_an_idle_link_goes_out_without_the_io_thread(link) -> 
     loop = link._ioloop  # it holds its lock whenever it runs, not while it waits
     wait_for(lambda: loop._poller.may_join() and not loop.lock.locked(), timeout=5,
              message="the I/O loop back in its wait for the network")
-    drains: list[float] = []
-    original = link._drain_outbox
-
-    def counting_drain() -> None:
-        drains.append(time.monotonic())
-        original()
-
-    link._drain_outbox = counting_drain  # type: ignore[method-assign]
-    connection = link._connection
-    buffered_writes: list[int] = []
-    emit = connection._adapter_emit_data
-
-    def counting_emit(data: bytes) -> None:
-        buffered_writes.append(len(data))
-        emit(data)
-
-    connection._adapter_emit_data = counting_emit
-    frames_before = connection.frames_sent
+    before = link.stats
     assert link.publish(exchange, "one", b"direct")
     assert wait_for(lambda: inbox.count() == 1, timeout=5)
     assert inbox.bodies == [b"direct"]
-    assert drains == []  # it never went through the I/O thread's queue
-    assert buffered_writes == []  # nor through pika's write buffer: straight to the socket
-    assert connection.frames_sent - frames_before >= 3  # method, header, body (+ the ack)
+    after = link.stats
+    assert after.direct - before.direct == 1  # written on this thread, not the I/O thread's
+    # and not through pika's write buffer: straight to the socket
+    assert after.buffered_writes == before.buffered_writes
     link.remove_consumer(consumer)
 
 
@@ -156,3 +140,48 @@ def test_publish_from_the_io_thread_is_queued_not_deadlocked(link) -> None:
     assert inbox.bodies == [b"echo:%d" % seq for seq in range(50)]
     link.remove_consumer(source)
     link.remove_consumer(echoes)
+
+
+GLUE_OFF_SCRIPT = """
+import sys, threading, uuid
+from miros_rabbitmq.config import load_settings
+from miros_rabbitmq.transport import BrokerLink, Consumer, parse_peer
+from miros_rabbitmq.transport import _pika_glue
+
+assert not _pika_glue.GLUE_ENABLED
+link = BrokerLink(parse_peer(sys.argv[1], load_settings()))
+assert link.connected.wait(10), link.last_error
+got, done = [], threading.Event()
+def take(body):
+    got.append(body)
+    if len(got) == 2000:
+        done.set()
+    return True
+exchange = "test.transport.glue." + uuid.uuid4().hex[:6]
+consumer = Consumer(exchange=exchange, routing_keys=["g"], on_message=take,
+                    queue="test.transport.glue." + uuid.uuid4().hex[:8])
+link.declare_exchange(exchange)
+link.add_consumer(consumer)
+assert consumer.ready.wait(10)
+for n in range(2000):
+    assert link.wait_for_room(30) and link.publish(exchange, "g", b"%d" % n)
+assert done.wait(30), len(got)
+assert got == [b"%d" % n for n in range(2000)]
+assert link.stats.direct == 0
+link.remove_consumer(consumer)
+link.close(flush_timeout=5)
+print("STOCK PATH OK", flush=True)
+"""
+
+
+def test_the_stock_pika_path_works_when_the_glue_is_off(rabbitmq_url, mesh_env, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "glue_off.py"
+    script.write_text(GLUE_OFF_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), rabbitmq_url], capture_output=True,
+                          text=True, timeout=90,
+                          env={**os.environ, "MIROS_RABBITMQ_PIKA_GLUE": "0"})
+    assert "STOCK PATH OK" in done.stdout, done.stderr[-3000:]

@@ -710,9 +710,13 @@ def hosts_list(click_ctx: click.Context) -> None:
               help="Stop after this many seconds (default: until Ctrl-C).")
 @click.option("--connect-timeout", default=5.0, show_default=True,
               type=click.FloatRange(0.1, 120), help="Seconds to wait for the broker.")
+@click.option("--record", "record_file", type=click.Path(dir_okay=False), default=None,
+              help="Also write everything seen, with timestamps, to this file "
+              "(replay it with `miros-rabbitmq view --replay FILE`).")
 @click.pass_obj
 def snoop(ctx: Context, want_trace: bool, want_spy: bool, no_color: bool,
-          names: tuple[str, ...], duration: float | None, connect_timeout: float) -> None:
+          names: tuple[str, ...], duration: float | None, connect_timeout: float,
+          record_file: str | None) -> None:
     """Print the live trace/spy of every chart on the mesh (Ctrl-C to stop).
 
     Joins the snoop networks of the local broker without being a chart. With
@@ -729,6 +733,7 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, no_color: bool,
     networks = [n for n, wanted in ((snooping.TRACE, want_trace), (snooping.SPY, want_spy))
                 if wanted] or [snooping.TRACE, snooping.SPY]
     color = not no_color and not os.environ.get("NO_COLOR")
+    recorder = _recorder(record_file)
     address = local_broker(settings)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
@@ -736,7 +741,8 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, no_color: bool,
     listeners = [snooping.SnoopListener(
         address, network,
         settings.snoop_trace_keys if network == snooping.TRACE else settings.snoop_spy_keys,
-        color=color, heartbeat=settings.heartbeat, grep=names) for network in networks]
+        color=color, heartbeat=settings.heartbeat, grep=names,
+        tap=recorder.write if recorder is not None else None) for network in networks]
     try:
         for listener in listeners:
             listener.start(timeout=0)
@@ -762,9 +768,24 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, no_color: bool,
             listener.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if recorder is not None:
+            recorder.close()
+            click.echo(f"recorded {recorder.written} snoop message(s) to {record_file}", err=True)
     drops = sum(sum(listener.drops.counts.values()) for listener in listeners)
     if drops:
         click.echo(f"{drops} snoop message(s) could not be read (wrong key?)", err=True)
+
+
+def _recorder(path: str | None) -> Any:
+    """A :class:`~miros_rabbitmq.view.record.Recorder` for ``snoop --record`` (None: off)."""
+    if path is None:
+        return None
+    from miros_rabbitmq.view.record import Recorder
+
+    try:
+        return Recorder(path)
+    except OSError as error:
+        fail(f"cannot write {path}: {error.strerror or error}")
 
 
 # --------------------------------------------------------------------------- sequence
@@ -868,3 +889,13 @@ def main(argv: Iterable[str] | None = None) -> None:
     """Console entry point (``miros-rabbitmq``, ``python -m miros_rabbitmq``)."""
     cli.main(args=list(argv) if argv is not None else None, prog_name="miros-rabbitmq")
 
+
+
+# --------------------------------------------------------------------------- more commands
+
+from miros_rabbitmq.cli.list import list_charts  # noqa: E402
+from miros_rabbitmq.cli.view import view  # noqa: E402
+
+globals().pop("list", None)  # the submodule cli/list.py must not shadow the builtin here
+cli.add_command(list_charts)
+cli.add_command(view)

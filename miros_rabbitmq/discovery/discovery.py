@@ -72,7 +72,6 @@ from miros_rabbitmq.transport import (
     local_broker,
 )
 from miros_rabbitmq.wire.names import (
-    DEFAULT_MAX_BUFFER,
     DEFAULT_SCOUT_TIMEOUT,
     DISCOVER_ROUTING_KEY,
     HOSTS_FILE,
@@ -175,7 +174,7 @@ class Discovery:
     _registry_lock = threading.Lock()
 
     def __init__(self, settings: Settings, config: DiscoveryConfig | None = None, *,
-                 max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
+                 max_buffer: int | None = None) -> None:
         self.settings = settings
         self.config = (config or DiscoveryConfig()).resolved()
         self.max_buffer = max_buffer

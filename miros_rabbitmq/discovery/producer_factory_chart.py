@@ -59,7 +59,6 @@ from miros_rabbitmq.mesh.challenge import ScoutCredentials
 from miros_rabbitmq.payloads import ProducerQueue
 from miros_rabbitmq.transport import LINKS, BrokerAddress, BrokerLink, parse_peer
 from miros_rabbitmq.wire.names import (
-    DEFAULT_MAX_BUFFER,
     DEFAULT_SCOUT_TIMEOUT,
     EXCHANGES,
     MESH_EXCHANGE,
@@ -203,7 +202,7 @@ class ProducerFactoryChart(ActiveObject):
     ``ProducerFactoryChart(settings, live_trace=None, live_spy=None, *,
     local=None, on_posted=None, on_retired=None, on_peer_event=None,
     credentials=None, grace_sec=5, rescout_min_sec=1, rescout_max_sec=60,
-    scout_timeout=0.5, max_buffer=10000)``.
+    scout_timeout=0.5, max_buffer=None)``.
 
     ``local``: this node's broker address (never a peer). ``on_posted()``:
     called on the chart's thread after each :class:`ProducerQueue` is put on
@@ -228,7 +227,7 @@ class ProducerFactoryChart(ActiveObject):
         rescout_min_sec: float = DEFAULT_RESCOUT_MIN_SEC,
         rescout_max_sec: float = DEFAULT_RESCOUT_MAX_SEC,
         scout_timeout: float = DEFAULT_SCOUT_TIMEOUT,
-        max_buffer: int = DEFAULT_MAX_BUFFER,
+        max_buffer: int | None = None,
         tag: str | None = None,
         max_peers: int = DEFAULT_MAX_PEERS,
     ) -> None:

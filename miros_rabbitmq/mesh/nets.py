@@ -26,17 +26,20 @@ from miros_rabbitmq.config import Secret, Settings
 from miros_rabbitmq.errors import BrokerAuthenticationError, DecodeError, PeerAddressError
 from miros_rabbitmq.mesh import challenge
 from miros_rabbitmq.transport import (
+    DEFAULT_MAX_BYTES,
+    DROP_NEW,
     LINKS,
     BrokerAddress,
     BrokerLink,
     Consumer,
+    Outcome,
     local_broker,
     parse_peer,
 )
+from miros_rabbitmq.transport.consumer import DEFAULT_QUEUE_MAX_LENGTH
 from miros_rabbitmq.wire.codec import JSON, PICKLE, Codec, Envelope, Serializer
 from miros_rabbitmq.wire.names import (
     DEFAULT_MAX_AGE_SEC,
-    DEFAULT_MAX_BUFFER,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_QUEUE_EXPIRES_MS,
     EXCHANGES,
@@ -64,6 +67,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_MAX_BLOCK = 60.0  # seconds transmit() waits for room on a connected, full link
+DEFAULT_STOP_FLUSH = 5.0  # seconds stop() waits for confirms of what was transmitted
 MAX_KNOWN_ORIGINS = 4096  # origins already checked for aliens (then forgotten, all at once)
 DROP_LOG_INTERVAL = 60.0
 V02_HINT = ("a miros-rabbitmq 0.2 node is sending on this mesh with our key; 0.2 and 0.3 "
@@ -114,9 +119,13 @@ class MirosNets:
         peers: Iterable[str] = (),
         serializer: Serializer = PICKLE,
         ttl: float | None = DEFAULT_MAX_AGE_SEC,
-        max_buffer: int = DEFAULT_MAX_BUFFER,
+        max_buffer: int | None = None,
+        max_buffer_bytes: int = DEFAULT_MAX_BYTES,
+        overflow_policy: str = DROP_NEW,
+        max_block: float = DEFAULT_MAX_BLOCK,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         queue_expires_ms: int = DEFAULT_QUEUE_EXPIRES_MS,
+        queue_max_length: int = DEFAULT_QUEUE_MAX_LENGTH,
         on_overflow: Callable[[str, int], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -135,12 +144,22 @@ class MirosNets:
         # on_alien(origin): called (I/O thread, must not block) once per origin of an
         # authentic mesh message that is neither our broker nor a peer (discovery)
         self.on_alien: Callable[[str], None] | None = None
+        # on_mesh_transmit(envelope): called (sender's thread, under the send lock, must
+        # not block) with each mesh envelope sent; snoop publishes a "tx" record from it
+        self.on_mesh_transmit: Callable[[Envelope], None] | None = None
         self._known_origins: set[str] = set()
         self.max_buffer = max_buffer
+        self.max_buffer_bytes = max_buffer_bytes
+        self.overflow_policy = overflow_policy
+        self.max_block = max_block
         self.queue_expires_ms = queue_expires_ms
+        self.queue_max_length = queue_max_length
         self.drops = DropCounter(name)
         self.counts: collections.Counter[str] = collections.Counter()
+        # refused transmissions by (peer url, reason): overflow, blocked, snoop, closed
+        self.refusals: collections.Counter[tuple[str, str]] = collections.Counter()
         self.on_overflow = on_overflow
+        self._in_callback = threading.local()  # an on_overflow that transmits is not re-entered
         limits: dict[str, Any] = {"max_age": ttl, "max_message_bytes": max_message_bytes,
                                   "clock": clock}
         # snoop lines are plain data: their networks use the JSON serializer,
@@ -200,6 +219,7 @@ class MirosNets:
             queue=f"{MESH_QUEUE_PREFIX}{self.identity}",
             durable=True,
             expires_ms=self.queue_expires_ms,
+            max_length=self.queue_max_length,
         )
         self.local_link.add_consumer(self.consumer)
         challenge.install_responder(self)  # answers scouts that hold our mesh key
@@ -223,11 +243,36 @@ class MirosNets:
                            self.local_link.last_error or "no answer yet")
         return ready
 
+    def flush(self, timeout: float = DEFAULT_STOP_FLUSH) -> bool:
+        """Wait (bounded, in all) until every link has what we transmitted confirmed.
+
+        Logs, and returns False, when something is still unconfirmed at the end.
+        """
+        deadline = time.monotonic() + timeout
+        complete = True
+        for link in self.links():
+            if link.buffered and not link.flush(max(0.0, deadline - time.monotonic())):
+                complete = False
+                logger.warning("%s: %d message(s) to %s not confirmed within %.1f s (%s)",
+                               self.name, link.buffered, link.address, timeout,
+                               "connected" if link.connected.is_set() else "link down")
+        return complete
+
+    def stop_consuming(self) -> None:
+        """Cancel our consumers, keeping their queues (stop() deletes them)."""
+        if self.local_link is None:
+            return
+        for consumer in [self.consumer, *self._local_consumers]:
+            if consumer is not None:
+                self.local_link.remove_consumer(consumer, delete_queue=False)
+
     def stop(self, *, flush_timeout: float = 2.0) -> None:
         """Stop consuming, flush what is buffered (bounded) and release every link."""
         if self._stopped:
             return
         self._stopped = True
+        if flush_timeout > 0:
+            self.flush(flush_timeout)
         if self.local_link is not None:
             for consumer in [self.consumer, *self._local_consumers]:
                 if consumer is not None:
@@ -254,20 +299,31 @@ class MirosNets:
             self.local_link.remove_consumer(consumer, delete_queue=True)
 
     def _acquire(self, address: BrokerAddress) -> BrokerLink:
-        link = LINKS.acquire(address, heartbeat=self.settings.heartbeat,
-                             max_buffer=self.max_buffer, exchanges=EXCHANGES)
-        if self.on_overflow is not None:
-            link.overflow_listeners.append(self._overflowed)
-        return link
+        return LINKS.acquire(address, heartbeat=self.settings.heartbeat,
+                             max_buffer=self.max_buffer, max_buffer_bytes=self.max_buffer_bytes,
+                             overflow_policy=self.overflow_policy, exchanges=EXCHANGES)
 
     def _release(self, link: BrokerLink, *, flush_timeout: float) -> None:
-        if self._overflowed in link.overflow_listeners:
-            link.overflow_listeners.remove(self._overflowed)
         LINKS.release(link, flush_timeout=flush_timeout)
 
-    def _overflowed(self, address: BrokerAddress, dropped: int) -> None:
-        if self.on_overflow is not None:
-            self.on_overflow(address.url, dropped)
+    def _report_refusals(self, refused: list[tuple[BrokerLink, Outcome]]) -> None:
+        """Count refusals; call on_overflow (outside every lock of ours, never re-entered)."""
+        for link, outcome in refused:
+            self.refusals[(link.address.url, outcome.value)] += 1
+        callback = self.on_overflow
+        if callback is None or getattr(self._in_callback, "active", False):
+            return
+        self._in_callback.active = True
+        try:
+            for link, outcome in refused:
+                if outcome in (Outcome.OVERFLOW, Outcome.BLOCKED):
+                    stats = link.stats
+                    try:
+                        callback(link.address.url, stats.dropped_overflow + stats.dropped_blocked)
+                    except Exception:
+                        logger.exception("%s: on_overflow callback failed", self.name)
+        finally:
+            self._in_callback.active = False
 
     # ------------------------------------------------------------------ peers
     def add_peer(self, entry: str | BrokerAddress) -> BrokerAddress | None:
@@ -320,26 +376,55 @@ class MirosNets:
 
     # ------------------------------------------------------------------ sending
     def transmit(self, signal_name: str, payload: Any, *, network: str = "mesh",
-                 routing_key: str | None = None) -> int:
-        """Encode once, publish to every broker; returns how many links took it.
+                 routing_key: str | None = None, causation: str = "",
+                 connected_only: bool = False) -> bool:
+        """Encode once, publish the same bytes to every broker; True if every link took it.
+
+        Flow control: a mesh event waits (up to ``max_block`` seconds in all)
+        while a connected link's window is full or its broker blocked us,
+        before anything is encoded and outside every lock; past that, that
+        link refuses it. A link that is down buffers and never makes the
+        caller wait. Snoop lines never wait: they are dropped when there is
+        no room. Refusals are counted per peer and reason (stats()).
+
+        ``causation``: the id of the event whose handling sends this one (see
+        :attr:`Envelope.causation`). ``connected_only``: skip links that are not
+        connected now instead of buffering (presence lines: a stale one is worthless).
 
         Raises :class:`~miros_rabbitmq.errors.SerializationError` if the payload
-        cannot be serialized; never blocks on the network.
+        cannot be serialized.
         """
         net = self.networks[network]
         droppable = network != "mesh"
-        taken = 0
+        links = self.links()
+        refused: list[tuple[BrokerLink, Outcome]] = []
+        if not droppable:
+            deadline = time.monotonic() + self.max_block
+            for link in links:
+                if not link.wait_for_room(max(0.0, deadline - time.monotonic())):
+                    link.count_refusal(Outcome.BLOCKED)
+                    refused.append((link, Outcome.BLOCKED))
         with self._send_lock:  # one sender's messages keep their order on every link
             key = routing_key or net.routing_key
             envelope = Envelope(signal_name, payload, self.identity, next(self._seqs[network]),
-                                self.origin, epoch=self.epoch, routing_key=key)
-            token = net.codec.encode(envelope)
-            for link in self.links():
-                if link.publish(net.exchange, key, token,
-                                persistent=not droppable, droppable=droppable):
-                    taken += 1
+                                self.origin, causation, epoch=self.epoch, routing_key=key)
+            token = net.codec.encode(envelope)  # once, whatever the number of peers
+            if not droppable and self.on_mesh_transmit is not None:
+                self.on_mesh_transmit(envelope)
+            for link in links:
+                if connected_only and not link.connected.is_set():
+                    continue
+                if refused and any(link is gone for gone, _ in refused):
+                    continue
+                outcome = link.publish(net.exchange, key, token,
+                                       persistent=not droppable, droppable=droppable)
+                if not outcome:
+                    refused.append((link, outcome))
         self.counts[f"{network}.transmitted"] += 1
-        return taken
+        if refused:
+            self._report_refusals(refused)
+            return False
+        return True
 
     # ------------------------------------------------------------------ receiving
     def _on_mesh_message(self, body: bytes, routing_key: str) -> bool:
@@ -422,20 +507,31 @@ class MirosNets:
     def stats(self) -> dict[str, Any]:
         """Counters: transmitted, delivered, dropped by reason, and per peer link."""
         peers = {}
+        refusals = dict(self.refusals)
         for link in self.links():
             stats = link.stats
-            peers[link.address.url] = {
+            url = link.address.url
+            peers[url] = {
                 "connected": link.connected.is_set(),
+                "blocked": link.blocked,
                 "published": stats.published,
                 "confirmed": stats.confirmed,
                 "buffered": link.buffered,
+                "buffered_bytes": link.buffered_bytes,
                 "resent": stats.resent,
+                "nacked": stats.nacked,
+                "waits": stats.waits,
                 "dropped_overflow": stats.dropped_overflow,
+                "dropped_oldest": stats.dropped_oldest,
+                "dropped_blocked": stats.dropped_blocked,
                 "dropped_snoop": stats.dropped_snoop,
                 "reconnects": stats.reconnects,
                 "last_error": link.last_error,
+                # this chart's transmissions this link refused, by reason
+                "refused": {reason: n for (peer, reason), n in refusals.items() if peer == url},
             }
         return {
+            "refused": sum(refusals.values()),
             "transmitted": self.counts["mesh.transmitted"],
             "delivered": self.counts["mesh.delivered"],
             "duplicates": self.counts["mesh.duplicate"],

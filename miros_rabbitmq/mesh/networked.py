@@ -15,16 +15,17 @@ from typing import Any
 
 from miros import ActiveObject, Event, Factory
 
-from miros_rabbitmq._miros import QUEUE_SIZE, RoomyDeque, chart_queue, install_queue, make_event
+from miros_rabbitmq._miros import QUEUE_SIZE, chart_queue, install_queue, make_event
 from miros_rabbitmq.config import Settings, load_settings
 from miros_rabbitmq.discovery.hosts_file import read_hosts
 from miros_rabbitmq.errors import ConfigurationError
-from miros_rabbitmq.mesh import snoop
-from miros_rabbitmq.mesh.nets import MirosNets
+from miros_rabbitmq.mesh import presence, snoop
+from miros_rabbitmq.mesh.causation import CausalDeque, Context, tag
+from miros_rabbitmq.mesh.nets import DEFAULT_MAX_BLOCK, DEFAULT_STOP_FLUSH, MirosNets
+from miros_rabbitmq.transport import DEFAULT_MAX_BYTES, DROP_NEW
 from miros_rabbitmq.wire.codec import PICKLE, Envelope, Serializer
 from miros_rabbitmq.wire.names import (
     DEFAULT_MAX_AGE_SEC,
-    DEFAULT_MAX_BUFFER,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_RX_ROUTING_KEY,
     HOSTS_FILE,
@@ -87,7 +88,10 @@ class _Networked:
         peers: Iterable[str] | None = None,
         serializer: Serializer = PICKLE,
         ttl: float | None = DEFAULT_TTL,
-        max_buffer: int = DEFAULT_MAX_BUFFER,
+        max_buffer: int | None = None,
+        max_buffer_bytes: int = DEFAULT_MAX_BYTES,
+        overflow_policy: str = DROP_NEW,
+        max_block: float = DEFAULT_MAX_BLOCK,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         on_overflow: Callable[[str, int], None] | None = None,
         rabbit_host: str | None = None,
@@ -115,7 +119,7 @@ class _Networked:
         if peers is None:
             peers = []
         # the queue the network posts into must tell us when it has room again
-        install_queue(self, RoomyDeque(resume_below=RESUME_BELOW))
+        install_queue(self, CausalDeque(resume_below=RESUME_BELOW))  # with causation ids
         self.nets = MirosNets(
             name=name,
             settings=self.settings,
@@ -126,14 +130,24 @@ class _Networked:
             serializer=serializer,
             ttl=ttl,
             max_buffer=max_buffer,
+            max_buffer_bytes=max_buffer_bytes,
+            overflow_policy=overflow_policy,
+            max_block=max_block,
             max_message_bytes=max_message_bytes,
             on_overflow=on_overflow,
         )
 
     # -- the public API of miros-rabbitmq 0.2
-    def transmit(self, event: Event) -> None:
-        """Send ``event`` to every other chart whose rx key matches our tx key."""
-        self.nets.transmit(event.signal_name, event.payload)
+    def transmit(self, event: Event) -> bool:
+        """Send ``event`` to every other chart whose rx key matches our tx key.
+
+        True when every peer link accepted it. While a peer is connected this
+        waits for room (flow control, up to ``max_block`` seconds) rather than
+        drop; a peer that is down buffers (bounded) and never makes it wait.
+        """
+        queue: Any = chart_queue(self)  # a CausalDeque
+        return self.nets.transmit(event.signal_name, event.payload,
+                                  causation=queue.causes.causation())
 
     def this_url(self) -> str:
         """AMQP URL of this node's broker (password masked)."""
@@ -161,18 +175,28 @@ class _Networked:
 
             self._discovery = Discovery.attach(self, self._discovery_config)
         super().start_at(initial_state)  # type: ignore[misc]
+        presence.announce(self)  # "start", then a presence line every few seconds
 
     def stop(self) -> None:
-        """Stop the networks (flushing what is buffered, bounded), then the chart."""
+        """Flush what was transmitted (bounded, reported), stop the chart, then the networks.
+
+        Order: snoop and discovery first; then the outgoing flush (a peer
+        that is up gets everything transmitted before stop()); then the
+        consumers are cancelled and the chart's thread ends; only then are
+        the chart's queues deleted and the links released.
+        """
         snoop.detach(self)  # publish the snoop lines still queued, stop printing
+        presence.retire(self)  # "stop"
         if self._discovery is not None:
             from miros_rabbitmq.discovery.discovery import Discovery
 
             Discovery.detach(self)
             self._discovery = None
-        self.nets.stop()
+        self.nets.flush(DEFAULT_STOP_FLUSH)
+        self.nets.stop_consuming()
         if getattr(self, "thread", None) is not None:
             super().stop()  # type: ignore[misc]
+        self.nets.stop(flush_timeout=0)
 
     # -- snoop trace / snoop spy (see miros_rabbitmq.mesh.snoop)
     def enable_snoop_trace(self) -> None:
@@ -203,7 +227,9 @@ class _Networked:
             if len(queue.deque) >= RECEIVE_LIMIT:
                 return False  # back-pressure: the delivery stays unacked in RabbitMQ
             queue.on_room = None
-        self.post_fifo(make_event(envelope.signal_name, envelope.payload))  # type: ignore[attr-defined]
+        event = make_event(envelope.signal_name, envelope.payload)
+        tag(event, Context(envelope.event_id, envelope.causation, True, envelope.signal_name))
+        self.post_fifo(event)  # type: ignore[attr-defined]
         return True
 
 
@@ -228,10 +254,18 @@ _NETWORK_DOC = """
         stamped that far in the future (default 6 h; None: any age). Replays
         to a running receiver are refused at any age (sender epoch + sequence
         numbers); this limit covers a receiver that restarted.
-    max_buffer: messages kept per peer until its broker confirms them
-        (default 10 000); beyond it new messages are dropped and reported.
+    max_buffer_bytes: bytes kept per peer until its broker confirms them
+        (default 64 MiB): what a peer that is down buffers; beyond it the
+        ``overflow_policy`` (``"drop_new"``, default, or ``"drop_oldest"``)
+        drops, counts and reports.
+    max_buffer: optional bound in messages as well (default None).
+    max_block: seconds ``transmit()`` may wait for room on a connected peer
+        whose window is full or whose broker blocked us (default 60); past
+        it the event is dropped for that peer, counted and reported.
     max_message_bytes: larger incoming messages are dropped (default 16 MiB).
-    on_overflow: ``callback(peer_url, dropped_so_far)`` when a peer's buffer is full.
+    on_overflow: ``callback(peer_url, dropped_so_far)`` when a peer refused an
+        event (buffer full, or max_block passed); runs on the transmitting
+        thread outside every lock, so it may transmit.
     rabbit_host, rabbit_port: the local broker (default RABBIT_HOST or
         127.0.0.1, RABBIT_PORT or 5672).
     lan_discovery: find peers on the LAN (default: MIROS_RABBITMQ_LAN_DISCOVERY, on).

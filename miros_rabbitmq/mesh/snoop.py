@@ -36,10 +36,16 @@ thread) only decodes and queues lines for one process-wide printer thread
 
 On the wire a snoop message is an envelope (signal ``SNOOP_TRACE`` or
 ``SNOOP_SPY``, JSON serializer: plain data, nothing runs on load) whose
-payload is a list of records ``[kind, name, text, color]``: ``kind`` is ``"trace"``, ``"spy"`` or ``"scribble"``, ``name`` the
-chart's name, ``text`` the line as miros wrote it, ``color`` whether a
-scribble asked for colour. Each network has its own Fernet key (default: the
-mesh key).
+payload is a list of records ``[kind, name, text, color, event, cause]``:
+``kind`` is ``"trace"``, ``"spy"`` or ``"scribble"`` (printed), or ``"tx"`` /
+``"rx"`` (a mesh event sent / taken by the chart, for ``miros-rabbitmq view``;
+not printed), ``name`` the chart's name, ``text`` the line as miros wrote it,
+``color`` whether a scribble asked for colour, ``event`` the id of the mesh
+event being handled (trace, rx) or sent (tx) and ``cause`` the id of the event
+that caused it (see :mod:`miros_rabbitmq.mesh.causation`). Each network has
+its own Fernet key (default: the mesh key). Presence lines
+(:mod:`miros_rabbitmq.mesh.presence`) travel on the trace network too, with
+their own signal, and are not printed either.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from typing import Any, NamedTuple, TextIO
 
 import click
 
+from miros_rabbitmq._miros import chart_queue
 from miros_rabbitmq.config import Secret, Settings
 from miros_rabbitmq.errors import DecodeError
 from miros_rabbitmq.mesh.nets import DropCounter, MirosNets
@@ -119,6 +126,12 @@ class SnoopRecord(NamedTuple):
     name: str  # the chart's name
     text: str  # the line as miros wrote it (trace: "[ts] [name] e->sig() a->b")
     color: bool = True  # scribbles only: whether the scribbler asked for colour
+    event: str = ""  # trace/rx: id of the mesh event being handled; tx: id of the one sent
+    cause: str = ""  # tx/rx: id of the event whose handling sent it ("" = none)
+
+
+PRINTED_KINDS = frozenset(("trace", "spy", "scribble"))  # tx/rx records are for the view
+PRESENCE_SIGNAL = "SNOOP_PRESENCE"  # see miros_rabbitmq.mesh.presence
 
 
 def strip_ansi(text: str) -> str:
@@ -135,8 +148,10 @@ def _records(payload: Any) -> list[SnoopRecord]:
         if isinstance(item, (tuple, list)) and len(item) >= 3:
             kind, name, text = item[0], item[1], item[2]
             color = bool(item[3]) if len(item) > 3 else True
+            event = item[4] if len(item) > 4 and isinstance(item[4], str) else ""
+            cause = item[5] if len(item) > 5 and isinstance(item[5], str) else ""
             if isinstance(kind, str) and isinstance(name, str) and isinstance(text, str):
-                found.append(SnoopRecord(kind, name, text, color))
+                found.append(SnoopRecord(kind, name, text, color, event, cause))
     return found
 
 
@@ -308,6 +323,9 @@ class SnoopListener:
     ``write``: where lines go (default: stdout through :data:`PRINTER`);
     ``grep``: only records of charts whose name contains one of these;
     ``local_identities``: sender identities printed as local (blue).
+    ``tap``: ``tap(network, envelope)`` is called (I/O thread, must not block)
+    with every authentic message, records and presence alike
+    (``miros-rabbitmq view``, ``snoop --record``); ``quiet``: print nothing.
     """
 
     def __init__(
@@ -321,6 +339,8 @@ class SnoopListener:
         write: Callable[[str], None] | None = None,
         grep: Iterable[str] = (),
         local_identities: Iterable[str] = (),
+        tap: Callable[[str, Any], None] | None = None,
+        quiet: bool = False,
     ) -> None:
         if network not in NETWORKS:
             raise ValueError(f"not a snoop network: {network!r}")
@@ -334,6 +354,8 @@ class SnoopListener:
         self.write = write
         self.grep = tuple(grep)
         self.local_identities: set[str] = set(local_identities)
+        self.tap = tap
+        self.quiet = quiet
         self.drops = DropCounter(f"snoop-{network}")
         self.received = 0
         self.printed = 0
@@ -395,8 +417,17 @@ class SnoopListener:
             return True
         self.replays.accept(envelope.sender, envelope.epoch, envelope.seq)
         self.received += 1
+        if self.tap is not None:
+            try:
+                self.tap(self.network, envelope)
+            except Exception:
+                logger.exception("snoop tap failed")
+        if self.quiet or envelope.signal_name == PRESENCE_SIGNAL:
+            return True
         local = envelope.sender in self.local_identities
         for record in _records(envelope.payload):
+            if record.kind not in PRINTED_KINDS:
+                continue
             if self.grep and not any(word in record.name for word in self.grep):
                 continue
             line = format_record(record, self.network, local=local, color=self.color)
@@ -533,7 +564,7 @@ class _Pump(_SharedWorker):
                                                  network=network)
                 except Exception:  # instrumentation must never break anything
                     logger.exception("%s: could not publish snoop records", source.name)
-                    taken = 0
+                    taken = False
                 if taken:
                     source.published[network] += len(chunk)
                 else:
@@ -589,6 +620,7 @@ class ChartSnoop:
         if network == TRACE:
             HsmWithQueues.register_live_trace_callback(self.chart, self._on_trace_line)
             self.chart.live_trace = True
+            self._hook_causation(True)
         else:
             HsmWithQueues.register_live_spy_callback(self.chart, self._on_spy_line)
             self.chart.live_spy = True
@@ -597,9 +629,38 @@ class ChartSnoop:
         try:
             text = line.strip()
             if text:
-                PUMP.offer(self, TRACE, SnoopRecord("trace", self.name, text))
+                causes = self._causes()
+                current = causes.current if causes is not None else None
+                PUMP.offer(self, TRACE, SnoopRecord("trace", self.name, text, True,
+                                                    current.event if current else ""))
         except Exception:  # never into the chart's thread
             logger.debug("snoop trace callback failed", exc_info=True)
+
+    # -- causation (miros_rabbitmq.mesh.causation): what the view draws arrows from
+    def _causes(self) -> Any:
+        try:
+            queue = chart_queue(self.chart)
+        except AttributeError:  # not a networked chart's queue
+            return None
+        return getattr(queue, "causes", None)
+
+    def _hook_causation(self, on: bool) -> None:
+        causes = self._causes()
+        self.nets.on_mesh_transmit = self._on_transmit if on else None
+        if causes is not None:
+            causes.on_receive = self._on_receive if on else None
+
+    def _on_transmit(self, envelope: Any) -> None:
+        text = f"[{datetime.now().strftime(TIMESTAMP_FORMAT)}] [{self.name}] => " \
+               f"{envelope.signal_name}()"
+        PUMP.offer(self, TRACE, SnoopRecord("tx", self.name, text, True, envelope.event_id,
+                                            envelope.causation))
+
+    def _on_receive(self, context: Any) -> None:
+        text = f"[{datetime.now().strftime(TIMESTAMP_FORMAT)}] [{self.name}] <= " \
+               f"{context.signal}()"
+        PUMP.offer(self, TRACE, SnoopRecord("rx", self.name, text, True, context.event,
+                                            context.cause))
 
     def _on_spy_line(self, line: Any) -> None:
         try:
@@ -627,6 +688,7 @@ class ChartSnoop:
             self.enabled = {TRACE: False, SPY: False}
         self.chart.live_trace = False
         self.chart.live_spy = False
+        self._hook_causation(False)
         if pumping:
             PUMP.flush(self, timeout)
             PUMP.release()

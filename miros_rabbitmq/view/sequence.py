@@ -31,14 +31,16 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 __all__ = [
     "Step",
     "Note",
+    "Message",
     "Trace",
     "parse_log",
+    "parse_line",
     "render_text",
     "render_mermaid",
     "render_svg",
@@ -78,11 +80,25 @@ class Note:
     text: str
 
 
+@dataclass(frozen=True)
+class Message:
+    """A mesh event from the step that sent it to the step it caused (live view export)."""
+
+    source: int  # number of the sending step
+    target: int  # number of the receiving step
+    signal: str
+
+
 @dataclass
 class Trace:
-    """Every step and note of a log, in global time order."""
+    """Every step and note of a log, in global time order.
+
+    ``messages``: events between charts (known only to the live view, which
+    has causation ids; a log alone has none).
+    """
 
     items: list[Step | Note]
+    messages: list[Message] = field(default_factory=list)
 
     @property
     def charts(self) -> list[str]:
@@ -112,6 +128,24 @@ class Trace:
 def _timestamp(text: str) -> datetime:
     text = text.replace("T", " ")
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f" if "." in text else "%Y-%m-%d %H:%M:%S")
+
+
+def parse_line(text: str) -> tuple[datetime, str, str | None, str, str, str | None] | None:
+    """One trace line or scribble: ``(when, chart, signal, source, target, note)``.
+
+    ``signal`` is None for a scribble, ``note`` None for a transition; None
+    when ``text`` is neither (used by the live view, :mod:`miros_rabbitmq.view.model`).
+    """
+    match = _LINE.search(_ANSI.sub("", text).rstrip("\r\n"))
+    if match is None:
+        return None
+    groups = match.groupdict()
+    try:
+        when = _timestamp(groups["ts"])
+    except ValueError:
+        return None
+    return (when, groups["name"], groups["signal"], groups["source"] or "",
+            groups["target"] or "", groups["note"].strip() if groups["note"] is not None else None)
 
 
 def parse_log(lines: Iterable[str], *, charts: Iterable[str] = ()) -> Trace:
@@ -298,7 +332,17 @@ def render_mermaid(trace: Trace) -> str:
             lines.append(f"        participant {_ident(trace, chart, state)} as {_mermaid_text(state)}")
         lines.append("    end")
     current: dict[str, str] = {}
+    steps = {item.number: item for item in trace.items if isinstance(item, Step)}
+    arriving: dict[int, list[Message]] = {}
+    for message in trace.messages:
+        if message.source in steps and message.target in steps:
+            arriving.setdefault(message.target, []).append(message)
     for item in trace.items:
+        for message in arriving.get(item.number, ()):
+            sent, got = steps[message.source], steps[message.target]
+            lines.append(f"    {_ident(trace, sent.chart, sent.target)}-->>"
+                         f"{_ident(trace, got.chart, got.source)}: "
+                         f"{_mermaid_text(message.signal)}() ({message.source}->{message.target})")
         if isinstance(item, Step):
             source, target = _ident(trace, item.chart, item.source), _ident(trace, item.chart, item.target)
             lines.append(f"    {source}->>{target}: ({item.number}) "
@@ -424,5 +468,18 @@ def render_svg(trace: Trace) -> str:
             out.append(f'<text x="{(left + right) / 2:.1f}" y="{y}" text-anchor="middle" '
                        f'fill="#555" font-style="italic">'
                        f'{html.escape(f"({item.number}) # {item.text}")}</text>')
+    rows = {item.number: (row, item) for row, item in enumerate(trace.items, start=1)}
+    for message in trace.messages:
+        if message.source not in rows or message.target not in rows:
+            continue
+        (row_a, sent), (row_b, got) = rows[message.source], rows[message.target]
+        if not isinstance(sent, Step) or not isinstance(got, Step):
+            continue
+        x1, y1 = position[(sent.chart, sent.target)], _TOP + row_a * _ROW_H
+        x2, y2 = position[(got.chart, got.source)], _TOP + row_b * _ROW_H
+        out.append(f'<line x1="{x1:.1f}" y1="{y1}" x2="{x2:.1f}" y2="{y2}" stroke="#2a6fdb" '
+                   'stroke-dasharray="6 3" marker-end="url(#arrow)" class="message"/>')
+        out.append(f'<text x="{(x1 + x2) / 2:.1f}" y="{(y1 + y2) / 2 - 4:.1f}" '
+                   f'text-anchor="middle" fill="#2a6fdb">{html.escape(message.signal)}()</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"

@@ -87,8 +87,6 @@ DEFAULT_SCOUT_TIMEOUT = 0.5
 DEFAULT_ARP_TIMEOUT_SEC = 2.0
 #: minutes a LAN cache stays fresh
 DEFAULT_LAN_CACHE_MINUTES = 30
-#: messages kept per peer until its broker confirms them
-DEFAULT_MAX_BUFFER = 10_000
 #: larger messages are refused, sending and receiving
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: an abandoned chart queue lives this long on its broker (ms)
