@@ -128,9 +128,9 @@ def check_restarted(result, restarter: Restarter, restarts: int, *,
     restarter.check(restarts)
     for stats in restarted_stats:  # every link to the restarted broker reconnected each time
         assert stats["reconnects"] >= restarts, stats
-    # what the broker handed out again after a restart reached the receiver's duplicate
-    # filter (and, as check() shows, never its chart): the filter was exercised
-    assert result.reports[0].stats["duplicates"] >= 1, result.reports[0].stats
+    # duplicates the broker handed out again after a restart stop at the receivers'
+    # filter (how many varies from run to run: often thousands, sometimes none); check()
+    # asserts none reached a chart, test_replays_... exercises the filter every time
 
 
 @pytest.mark.slow
