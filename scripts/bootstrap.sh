@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install the package with its test extra: `pip install -e '.[test]'`.
+# Create .venv and install the package with its test extra: `pip install -e '.[test,docs]'`.
 # The install runs again only when pyproject.toml (or the Python) changed, so a
 # repeated run costs a few milliseconds. Installs Debian's python3-venv when
 # `python3 -m venv` cannot make a venv (a fresh Debian).
@@ -55,7 +55,7 @@ have="$(cat "$STAMP" 2>/dev/null || true)"
 if [ "$want" != "$have" ]; then
     log "installing the package and its test extra into $VENV"
     # (pip's notes about this machine's unused find-links folders are noise: filtered)
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,docs]' 2>&1 \
         | { grep -v "^WARNING: Location '.*' is ignored" || true; }
     printf '%s\n' "$want" > "$STAMP"
 fi

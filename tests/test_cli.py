@@ -19,13 +19,14 @@ import pytest
 from cli_process import REPO, clean_env
 from cryptography.fernet import Fernet
 from dotenv import dotenv_values
+from miros import return_status, spy_on
 
 from miros_rabbitmq import NetworkedActiveObject
 from miros_rabbitmq.testing import free_port
 
 GOLDEN = os.path.join(REPO, "tests", "golden")
 COMMANDS = [[], ["keygen"], ["init"], ["doctor"], ["discover"], ["hosts"], ["hosts", "add"],
-            ["hosts", "remove"], ["hosts", "list"], ["snoop"], ["sequence"], ["demo"]]
+            ["hosts", "remove"], ["hosts", "list"], ["snoop"], ["sequence"], ["send"], ["demo"]]
 
 
 def cli(tmp_path, *args: str, env: dict[str, str] | None = None,
@@ -390,3 +391,182 @@ def test_discover_without_settings(tmp_path) -> None:
     result = cli(tmp_path, "discover", "--network", "127.0.0.1/32")
     assert result.returncode == 2
     assert last_line(result).startswith("Error: RABBIT_USER is not set")
+
+
+# --------------------------------------------------------------------------- the layout
+
+
+def test_one_module_per_command_and_library_logic_outside_the_cli() -> None:
+    from miros_rabbitmq.cli import COMMANDS
+    from miros_rabbitmq.cli import cli as group
+
+    for name, module in COMMANDS.items():
+        path = os.path.join(REPO, "miros_rabbitmq", "cli", f"{module}.py")
+        assert os.path.exists(path), name
+    assert set(group.list_commands(None)) >= {"keygen", "init", "doctor", "discover", "hosts",
+                                              "snoop", "sequence", "send", "demo"}
+    for library in ("diagnostics.py", os.path.join("discovery", "hosts_editing.py")):
+        with open(os.path.join(REPO, "miros_rabbitmq", library), encoding="utf-8") as handle:
+            source = handle.read()
+        assert "import click" not in source and "rich" not in source, library
+    with open(os.path.join(REPO, "miros_rabbitmq", "cli", "__init__.py"), encoding="utf-8") as f:
+        assert len(f.read().splitlines()) < 150
+
+
+# --------------------------------------------------------------------------- --json, --count
+
+
+def _snooped_chart(folder, name: str) -> NetworkedActiveObject:
+    values = dotenv_values(folder / ".env")
+    return NetworkedActiveObject(
+        name, rabbit_user="guest", rabbit_password="guest",
+        mesh_encryption_key=values["MESH_ENCRYPTION_KEY"],
+        tx_routing_key=f"clitest.{name}", rx_routing_key=f"clitest.{name}",
+        snoop_trace_encryption_key=values["SNOOP_TRACE_ENCRYPTION_KEY"],
+        snoop_spy_encryption_key=values["SNOOP_SPY_ENCRYPTION_KEY"],
+        peers=[], lan_discovery=False)
+
+
+def _snoop_while_scribbling(folder, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``snoop ARGS`` while a chart of this process scribbles until the command ends."""
+    process = subprocess.Popen([sys.executable, "-m", "miros_rabbitmq", "snoop", *args],
+                               cwd=str(folder), env=clean_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    chart = _snooped_chart(folder, f"scribbler_{os.getpid()}")
+    chart.enable_snoop_trace_no_color()
+    chart.start_at(_idle_state)
+    try:
+        for n in range(600):  # the command ends by itself after --count lines
+            chart.snoop_scribble(f"line {n}")
+            try:
+                out, err = process.communicate(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            process.kill()
+            out, err = process.communicate()
+    finally:
+        chart.stop()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+@spy_on
+def _idle_state(chart, e):
+    chart.temp.fun = chart.top
+    return return_status.SUPER
+
+
+@pytest.mark.broker
+def test_snoop_count_json_lines_without_colour_in_a_pipe(initialised) -> None:
+    result = _snoop_while_scribbling(initialised, "--trace", "--count", "3", "--json",
+                                     "--duration", "60")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3, lines
+    records = [json.loads(line) for line in lines]
+    for record in records:
+        assert set(record) == {"network", "kind", "chart", "time", "text", "local"}
+        assert record["network"] == "trace" and record["chart"].startswith("scribbler_")
+        assert record["local"] is False and record["time"]
+    assert any(r["kind"] == "scribble" and r["text"].startswith("line ") for r in records)
+    assert "\x1b[" not in result.stdout
+
+
+@pytest.mark.broker
+def test_snoop_once_prints_one_plain_line_in_a_pipe(initialised) -> None:
+    result = _snoop_while_scribbling(initialised, "--trace", "--once", "--duration", "60")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(" [+t] [") and "\x1b[" not in lines[0]
+
+
+@pytest.mark.broker
+def test_snoop_count_not_reached_is_a_problem(initialised) -> None:
+    result = cli(initialised, "snoop", "--trace", "--count", "2", "--duration", "1")
+    assert result.returncode == 1
+    assert last_line(result) == "Error: 0 of 2 line(s) within 1 s"
+
+
+@pytest.mark.broker
+def test_doctor_json(initialised, tmp_path_factory) -> None:
+    result = cli(initialised, "doctor", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    names = [check["name"] for check in report["checks"]]
+    assert {".env", "settings", "keys", "broker"} <= set(names)
+    assert all(set(c) == {"name", "status", "detail", "fix"} for c in report["checks"])
+    for secret in secrets_of(initialised):
+        assert secret not in result.stdout + result.stderr
+    empty = tmp_path_factory.mktemp("empty")
+    missing = cli(empty, "doctor", "--json")
+    assert missing.returncode == 1
+    report = json.loads(missing.stdout)
+    assert report["ok"] is False and report["checks"][0]["status"] == "fail"
+
+
+@pytest.mark.broker
+def test_discover_json(initialised) -> None:
+    chart = _snooped_chart(initialised, "discover_json")
+    closed = free_port()
+    chart.nets.start(timeout=10)
+    try:
+        assert cli(initialised, "hosts", "add", "127.0.0.1", f"127.0.0.1:{closed}").returncode == 0
+        result = cli(initialised, "discover", "--hosts", ".miros_rabbitmq_hosts.json",
+                     "--timeout", "3", "--json")
+    finally:
+        chart.nets.stop()
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["found"] == 1 and report["scouted"] == 2
+    peers = {peer["address"]: peer for peer in report["peers"]}
+    assert peers["127.0.0.1"]["found"] is True
+    assert peers[f"127.0.0.1:{closed}"]["found"] is False
+    assert peers[f"127.0.0.1:{closed}"]["state"] == "no-broker"
+
+
+@pytest.mark.broker
+def test_send_injects_an_event_into_the_mesh(initialised) -> None:
+    from miros_rabbitmq.testing import EventRecorder
+
+    received = EventRecorder()
+
+    @spy_on
+    def listening(chart, e):
+        if e.signal_name == "shell_poke":
+            received.record((e.signal_name, e.payload))
+            return return_status.HANDLED
+        chart.temp.fun = chart.top
+        return return_status.SUPER
+
+    values = dotenv_values(initialised / ".env")
+    chart = NetworkedActiveObject(f"send_target_{os.getpid()}", "guest", "guest",
+                                  values["MESH_ENCRYPTION_KEY"], "send.none", "send.test.*",
+                                  peers=[], lan_discovery=False)
+    chart.start_at(listening)
+    try:
+        result = cli(initialised, "send", "shell_poke", '{"from": "shell", "n": [1, 2]}',
+                     "--tx", "send.test.poke")
+        assert result.returncode == 0, result.stderr
+        assert "sent shell_poke (send.test.poke) to 1 broker(s)" in result.stderr
+        assert received.wait_for_count(1, timeout=10) == [
+            ("shell_poke", {"from": "shell", "n": [1, 2]})]
+        plain = cli(initialised, "send", "shell_poke", "--tx", "send.test.bare")
+        assert plain.returncode == 0, plain.stderr
+        assert received.wait_for_count(2, timeout=10)[1] == ("shell_poke", None)
+    finally:
+        chart.stop()
+
+
+def test_send_bad_input(initialised) -> None:
+    key = dotenv_values(initialised / ".env")["MESH_ENCRYPTION_KEY"]
+    not_json = cli(initialised, "send", "poke", "{oops", "--tx", "a.b")
+    assert not_json.returncode == 2 and "PAYLOAD_JSON is not JSON" in last_line(not_json)
+    a_key = cli(initialised, "send", "poke", "--tx", key)
+    assert a_key.returncode == 2 and "looks like a Fernet key" in last_line(a_key)
+    assert key not in a_key.stdout + a_key.stderr
+    no_tx = cli(initialised, "send", "poke")
+    assert no_tx.returncode == 2 and "--tx" in no_tx.stderr
+    bad_signal = cli(initialised, "send", "not a signal", "--tx", "a.b")
+    assert bad_signal.returncode == 2 and "SIGNAL must be a name" in last_line(bad_signal)

@@ -209,7 +209,7 @@ def test_no_color_and_spy_and_the_snoop_command_sees_all_three(tmp_path) -> None
     key = Fernet.generate_key().decode()
     nodes, watchers = run_three_nodes(
         key, ["--no-color", "--spy"],
-        cli=[["snoop", "--no-color"], ["snoop", "--trace", "--grep", "n2"], ["snoop", "--trace"]],
+        cli=[["snoop"], ["snoop", "--trace", "--grep", "n2"], ["snoop", "--trace", "--color"]],
         tmp_path=tmp_path)
     everything, only_n2, coloured = watchers
     for watcher in watchers:
@@ -217,7 +217,7 @@ def test_no_color_and_spy_and_the_snoop_command_sees_all_three(tmp_path) -> None
         assert not any("Traceback" in line for line in watcher.err), watcher.err
     for me, proc in [*nodes.items(), ("", everything)]:
         text = "\n".join(proc.out)
-        assert "\x1b[" not in text  # --no-color / _no_color: no ANSI codes at all
+        assert "\x1b[" not in text  # _no_color, or the command writing to a pipe: no ANSI
         assert_in_order(proc.out)
         for name in ("n1", "n2", "n3"):
             if name >= me:  # started after this node listened

@@ -29,13 +29,13 @@ def list_charts(ctx: Any, wait: float, show_all: bool, as_json: bool,
     starts, every few seconds while it runs, and when it stops; this listens
     for --wait seconds and prints what it heard.
     """
-    from miros_rabbitmq.cli import _check_keys, _load, fail
+    from miros_rabbitmq.cli._common import check_keys, fail, load
     from miros_rabbitmq.mesh import snoop as snooping
     from miros_rabbitmq.view.live import ListenError, listen
     from miros_rabbitmq.view.model import ViewModel
 
-    settings = _load(ctx)
-    _check_keys(settings)
+    settings = load(ctx, require_mesh_key=False)  # the snoop keys are enough
+    check_keys(settings, mesh=False)
     model = ViewModel(max_items=1000)
     lock = threading.Lock()
 
@@ -74,3 +74,6 @@ def list_charts(ctx: Any, wait: float, show_all: bool, as_json: bool,
         table.add_row(chart.name, chart.host, f"{chart.pid} {chart.program}".strip()
                       if chart.pid else "", chart.state, chart.status)
     ctx.console.print(table)
+
+
+command = list_charts

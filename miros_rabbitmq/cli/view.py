@@ -41,7 +41,7 @@ def view(ctx: Any, host: str, port: int, token: str | None, replay_file: str | N
     the page's URL, which carries a random token; the page is served on
     127.0.0.1 unless --host says otherwise. Ctrl-C stops it.
     """
-    from miros_rabbitmq.cli import EXIT_UNUSABLE, _check_keys, _load, fail
+    from miros_rabbitmq.cli._common import EXIT_UNUSABLE, check_keys, fail, load
     from miros_rabbitmq.view.live import ListenError, listen
     from miros_rabbitmq.view.record import read_record
     from miros_rabbitmq.view.server import LOOPBACK, ViewServer
@@ -54,8 +54,8 @@ def view(ctx: Any, host: str, port: int, token: str | None, replay_file: str | N
             fail(str(error), EXIT_UNUSABLE)
         settings = None
     else:
-        settings = _load(ctx)
-        _check_keys(settings)
+        settings = load(ctx, require_mesh_key=False)  # the snoop keys are enough
+        check_keys(settings, mesh=False)
     if not os.path.isdir(record_dir):
         fail(f"--record-dir {record_dir} is not a folder", EXIT_UNUSABLE)
     try:
@@ -92,3 +92,6 @@ def view(ctx: Any, host: str, port: int, token: str | None, replay_file: str | N
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+command = view

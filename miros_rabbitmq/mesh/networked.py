@@ -8,8 +8,10 @@ and on every peer broker; the receiver cannot tell it from a local event.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import logging
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -31,7 +33,8 @@ from miros_rabbitmq.wire.names import (
     HOSTS_FILE,
 )
 
-__all__ = ["NetworkedActiveObject", "NetworkedFactory", "HOSTS_FILE", "read_hosts_file"]
+__all__ = ["NetworkedActiveObject", "NetworkedFactory", "HOSTS_FILE", "check_routing_key",
+           "read_hosts_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -233,14 +236,102 @@ class _Networked:
         return True
 
 
-_NETWORK_DOC = """
-    Arguments (all optional ones keyword-only; credentials and keys default to
-    the environment / ``.env``: RABBIT_USER, RABBIT_PASSWORD, MESH_ENCRYPTION_KEY,
-    SNOOP_TRACE_ENCRYPTION_KEY, SNOOP_SPY_ENCRYPTION_KEY, RABBIT_PORT):
+_KeyArg = str | bytes | Sequence[str | bytes] | None
+
+#: names some 0.2 releases used for the snoop keys -> today's names
+_DEPRECATED_ALIASES = {
+    "spy_snoop_encryption_key": "snoop_spy_encryption_key",
+    "trace_snoop_encryption_key": "snoop_trace_encryption_key",
+}
+
+
+def _looks_like_fernet_key(text: str) -> bool:
+    """True when ``text`` is a Fernet key (32 bytes, url-safe base64)."""
+    if len(text.strip()) != 44:
+        return False
+    try:
+        return len(base64.urlsafe_b64decode(text.strip().encode("ascii"))) == 32
+    except (ValueError, UnicodeEncodeError):
+        return False
+
+
+def check_routing_key(value: Any, argument: str) -> Any:
+    """``value`` if it is a usable routing key (or pattern); a clear error otherwise.
+
+    A routing key travels in clear on every message, so a value that is a
+    key (bytes, or text that decodes as a Fernet key: the usual slip when a
+    0.2-style positional call is off by one) is refused, never sent.
+    """
+    values = [value] if isinstance(value, (str, bytes)) else value
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ConfigurationError(
+            f"{argument} must be a str (a topic key such as 'heya.man')"
+            + (" or a list of str" if argument == "rx_routing_key" else "")
+            + f", not {type(value).__name__}")
+    for item in values:
+        if isinstance(item, bytes):
+            raise ConfigurationError(
+                f"{argument} got bytes: routing keys are str; bytes look like an encryption "
+                "key, which must never travel in clear (0.2's positional order is name, "
+                "rabbit_user, rabbit_password, mesh_encryption_key, tx_routing_key, "
+                "rx_routing_key)")
+        if not isinstance(item, str):
+            raise ConfigurationError(
+                f"{argument} must be a str, not {type(item).__name__}")
+        if _looks_like_fernet_key(item):
+            raise ConfigurationError(
+                f"{argument} looks like a Fernet key: refused, a routing key travels in "
+                "clear on every message (0.2's positional order is name, rabbit_user, "
+                "rabbit_password, mesh_encryption_key, tx_routing_key, rx_routing_key)")
+    return value
+
+
+def _network_arguments(
+    tx_routing_key: Any, rx_routing_key: Any, options: dict[str, Any],
+) -> tuple[str, Any]:
+    """0.2's routing-key rules; moves the deprecated snoop-key names in ``options``."""
+    for old, new in _DEPRECATED_ALIASES.items():
+        if old in options:
+            warnings.warn(f"{old}= is deprecated: use {new}=", DeprecationWarning, stacklevel=3)
+            value = options.pop(old)
+            if options.get(new) is not None and value is not None:
+                raise ConfigurationError(f"{old}= and {new}= name the same key: give one")
+            if value is not None:
+                options[new] = value
+    if tx_routing_key is not None:
+        check_routing_key(tx_routing_key, "tx_routing_key")
+        if not isinstance(tx_routing_key, str):
+            raise ConfigurationError("tx_routing_key must be one str, not a list")
+    if rx_routing_key is not None:
+        check_routing_key(rx_routing_key, "rx_routing_key")
+    elif tx_routing_key is not None:
+        rx_routing_key = tx_routing_key  # 0.2's rule: no rx key means the tx key
+    return tx_routing_key, rx_routing_key
+
+
+class NetworkedActiveObject(_Networked, ActiveObject):
+    """A miros ActiveObject whose events travel over RabbitMQ.
+
+    0.2's positional order, then keyword-only options::
+
+        (name, rabbit_user=None, rabbit_password=None, mesh_encryption_key=None,
+         tx_routing_key=None, rx_routing_key=None,
+         snoop_spy_encryption_key=None, snoop_trace_encryption_key=None, *, ...)
+
+    Credentials and keys default to the environment / ``.env``: RABBIT_USER,
+    RABBIT_PASSWORD, MESH_ENCRYPTION_KEY, SNOOP_SPY_ENCRYPTION_KEY,
+    SNOOP_TRACE_ENCRYPTION_KEY (the snoop keys default to the mesh key).
 
     name: unique per chart on the mesh.
+    mesh_encryption_key: Fernet key of the mesh (str or bytes; a list rotates keys).
     tx_routing_key: topic key put on what this chart transmits.
-    rx_routing_key: topic pattern (``*``, ``#``) of what it receives.
+    rx_routing_key: topic pattern (``*``, ``#``) of what it receives; None
+        means the same as ``tx_routing_key`` (0.2's rule), or ``#`` (everything)
+        when neither is given. A routing key must be a str that is not an
+        encryption key: it travels in clear on every message.
+    snoop_spy_encryption_key, snoop_trace_encryption_key: the snoop networks'
+        keys (``spy_snoop_encryption_key`` / ``trace_snoop_encryption_key``, the
+        names of some 0.2 releases, still work with a DeprecationWarning).
 
     Keyword-only options:
 
@@ -274,55 +365,59 @@ _NETWORK_DOC = """
     lan_cache_file: where the LAN cache lives (default
         ``.miros_rabbitmq_lan_cache.json`` in the working folder).
     instrumented: (NetworkedActiveObject) as for miros's ActiveObject.
-"""
-
-
-class NetworkedActiveObject(_Networked, ActiveObject):
-    __doc__ = "A miros ActiveObject whose events travel over RabbitMQ.\n" + _NETWORK_DOC
+    """
 
     def __init__(
         self,
         name: str,
         rabbit_user: str | None = None,
         rabbit_password: str | None = None,
+        mesh_encryption_key: _KeyArg = None,
         tx_routing_key: str | None = None,
         rx_routing_key: str | Sequence[str] | None = None,
-        mesh_encryption_key: str | bytes | Sequence[str | bytes] | None = None,
-        snoop_trace_encryption_key: str | bytes | Sequence[str | bytes] | None = None,
-        snoop_spy_encryption_key: str | bytes | Sequence[str | bytes] | None = None,
+        snoop_spy_encryption_key: _KeyArg = None,
+        snoop_trace_encryption_key: _KeyArg = None,
         *,
         instrumented: bool | None = None,
         **options: Any,
     ) -> None:
+        options["snoop_spy_encryption_key"] = snoop_spy_encryption_key
+        options["snoop_trace_encryption_key"] = snoop_trace_encryption_key
+        tx_routing_key, rx_routing_key = _network_arguments(tx_routing_key, rx_routing_key,
+                                                            options)
         ActiveObject.__init__(self, name=name, instrumented=instrumented)
         self._init_networking(
             name, rabbit_user=rabbit_user, rabbit_password=rabbit_password,
             tx_routing_key=tx_routing_key, rx_routing_key=rx_routing_key,
-            mesh_encryption_key=mesh_encryption_key,
-            snoop_trace_encryption_key=snoop_trace_encryption_key,
-            snoop_spy_encryption_key=snoop_spy_encryption_key, **options)
+            mesh_encryption_key=mesh_encryption_key, **options)
 
 
 class NetworkedFactory(_Networked, Factory):
-    __doc__ = ("A miros Factory (create/catch/nest) whose events travel over RabbitMQ.\n"
-               + _NETWORK_DOC)
+    """A miros Factory (create/catch/nest) whose events travel over RabbitMQ.
+
+    It takes the arguments of :class:`NetworkedActiveObject` (0.2's positional
+    order, then keyword-only options), except ``instrumented``: a Factory
+    chart is always instrumented.
+    """
 
     def __init__(
         self,
         name: str,
         rabbit_user: str | None = None,
         rabbit_password: str | None = None,
+        mesh_encryption_key: _KeyArg = None,
         tx_routing_key: str | None = None,
         rx_routing_key: str | Sequence[str] | None = None,
-        mesh_encryption_key: str | bytes | Sequence[str | bytes] | None = None,
-        snoop_trace_encryption_key: str | bytes | Sequence[str | bytes] | None = None,
-        snoop_spy_encryption_key: str | bytes | Sequence[str | bytes] | None = None,
+        snoop_spy_encryption_key: _KeyArg = None,
+        snoop_trace_encryption_key: _KeyArg = None,
         **options: Any,
     ) -> None:
+        options["snoop_spy_encryption_key"] = snoop_spy_encryption_key
+        options["snoop_trace_encryption_key"] = snoop_trace_encryption_key
+        tx_routing_key, rx_routing_key = _network_arguments(tx_routing_key, rx_routing_key,
+                                                            options)
         Factory.__init__(self, name)
         self._init_networking(
             name, rabbit_user=rabbit_user, rabbit_password=rabbit_password,
             tx_routing_key=tx_routing_key, rx_routing_key=rx_routing_key,
-            mesh_encryption_key=mesh_encryption_key,
-            snoop_trace_encryption_key=snoop_trace_encryption_key,
-            snoop_spy_encryption_key=snoop_spy_encryption_key, **options)
+            mesh_encryption_key=mesh_encryption_key, **options)

@@ -322,7 +322,9 @@ class SnoopListener:
 
     ``write``: where lines go (default: stdout through :data:`PRINTER`);
     ``grep``: only records of charts whose name contains one of these;
-    ``local_identities``: sender identities printed as local (blue).
+    ``local_identities``: sender identities printed as local (blue);
+    ``render``: ``render(record, network, local) -> line`` instead of
+    :func:`format_record` (``miros-rabbitmq snoop --json``).
     ``tap``: ``tap(network, envelope)`` is called (I/O thread, must not block)
     with every authentic message, records and presence alike
     (``miros-rabbitmq view``, ``snoop --record``); ``quiet``: print nothing.
@@ -341,6 +343,7 @@ class SnoopListener:
         local_identities: Iterable[str] = (),
         tap: Callable[[str, Any], None] | None = None,
         quiet: bool = False,
+        render: Callable[[SnoopRecord, str, bool], str] | None = None,
     ) -> None:
         if network not in NETWORKS:
             raise ValueError(f"not a snoop network: {network!r}")
@@ -356,6 +359,7 @@ class SnoopListener:
         self.local_identities: set[str] = set(local_identities)
         self.tap = tap
         self.quiet = quiet
+        self.render = render
         self.drops = DropCounter(f"snoop-{network}")
         self.received = 0
         self.printed = 0
@@ -430,7 +434,8 @@ class SnoopListener:
                 continue
             if self.grep and not any(word in record.name for word in self.grep):
                 continue
-            line = format_record(record, self.network, local=local, color=self.color)
+            line = (self.render(record, self.network, local) if self.render is not None
+                    else format_record(record, self.network, local=local, color=self.color))
             if PRINTER.offer(line, self.write):
                 self.printed += 1
             else:
