@@ -28,6 +28,8 @@ from miros_rabbitmq.wire.names import (
     DEFAULT_CONNECTION_ATTEMPTS,
     DEFAULT_HEARTBEAT,
     DEFAULT_PORT,
+    DEFAULT_SCOUT_PASSWORD,
+    DEFAULT_SCOUT_USER,
     DEFAULT_TLS_PORT,
 )
 
@@ -37,6 +39,8 @@ __all__ = ["Secret", "Settings", "TlsConfig", "find_env_file", "load_settings", 
 logger = logging.getLogger(__name__)
 
 ENV_FILE_MAX_BYTES = 1 << 20  # a .env is a few lines; anything bigger is not one
+#: the opt-out: scouts log in with RABBIT_USER's login, as 0.2 did (unsafe on an untrusted LAN)
+SCOUT_WITH_RABBIT_LOGIN = "MIROS_RABBITMQ_SCOUT_WITH_RABBIT_LOGIN"
 
 
 class Secret:
@@ -170,13 +174,19 @@ class Settings:
     heartbeat: int = DEFAULT_HEARTBEAT
     connection_attempts: int = DEFAULT_CONNECTION_ATTEMPTS
     lan_discovery: bool = True
+    #: cluster mode: the cluster's node URLs (RABBIT_CLUSTER); empty = mesh mode.
+    #: Not in the repr: a URL may carry a password.
+    rabbit_cluster: tuple[str, ...] = field(default=(), repr=False)
     #: TLS to the local broker (``RABBIT_TLS``); ``tls_config`` also serves amqps:// peers
     rabbit_tls: bool = False
     tls_config: TlsConfig = field(default_factory=TlsConfig)
-    #: the low-privilege account scouts log in with (``SCOUT_USER`` / ``SCOUT_PASSWORD``);
-    #: None: scouts use ``rabbit_user`` (see docs/security.md)
-    scout_user: str | None = None
-    scout_password: Secret | None = None
+    #: the low-privilege account scouts log in with (``SCOUT_USER`` / ``SCOUT_PASSWORD``;
+    #: default the well-known ``miros_scout`` account, see docs/security.md)
+    scout_user: str = DEFAULT_SCOUT_USER
+    scout_password: Secret = field(default_factory=lambda: Secret(DEFAULT_SCOUT_PASSWORD))
+    #: ``MIROS_RABBITMQ_SCOUT_WITH_RABBIT_LOGIN=1``: scouts log in with ``rabbit_user``
+    #: as 0.2 did (the real login goes to every neighbour: unsafe on an untrusted LAN)
+    scout_with_rabbit_login: bool = False
 
 
 def _lookup(name: str, env: Mapping[str, str | None], dotenv: Mapping[str, str | None]) -> str | None:
@@ -214,6 +224,7 @@ def load_settings(
     rabbit_host: str | None = None,
     rabbit_port: int | None = None,
     lan_discovery: bool | None = None,
+    rabbit_cluster: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
     dotenv_path: str | None = None,
     require_mesh_key: bool = True,
@@ -261,6 +272,10 @@ def load_settings(
     raw_scout_password = _lookup("SCOUT_PASSWORD", env, dotenv)
     if scout_user and not raw_scout_password:
         raise EnvContractBroken("SCOUT_PASSWORD", "SCOUT_USER is set")
+    with_rabbit_login = _flag(_lookup(SCOUT_WITH_RABBIT_LOGIN, env, dotenv), False)
+    if with_rabbit_login and (scout_user or raw_scout_password):
+        raise ConfigurationError(f"{SCOUT_WITH_RABBIT_LOGIN}=1 and SCOUT_USER/SCOUT_PASSWORD "
+                                 "contradict each other: keep one")
     port = rabbit_port if rabbit_port is not None else _integer(
         "RABBIT_PORT", _lookup("RABBIT_PORT", env, dotenv),
         DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
@@ -280,8 +295,21 @@ def load_settings(
                                      DEFAULT_CONNECTION_ATTEMPTS),
         lan_discovery=lan_discovery if lan_discovery is not None else _flag(
             _lookup("MIROS_RABBITMQ_LAN_DISCOVERY", env, dotenv), True),
+        rabbit_cluster=_cluster(rabbit_cluster, _lookup("RABBIT_CLUSTER", env, dotenv)),
         rabbit_tls=tls,
         tls_config=tls_config,
-        scout_user=scout_user or None,
-        scout_password=Secret(raw_scout_password) if scout_user and raw_scout_password else None,
+        scout_user=scout_user or DEFAULT_SCOUT_USER,
+        scout_password=Secret(raw_scout_password or DEFAULT_SCOUT_PASSWORD),
+        scout_with_rabbit_login=with_rabbit_login,
     )
+
+
+def _cluster(given: Sequence[str] | None, raw: str | None) -> tuple[str, ...]:
+    """``brokers=[...]`` wins over ``RABBIT_CLUSTER=amqp://n1,amqps://n2:5671,...``."""
+    if given is not None:
+        if isinstance(given, str):
+            raise ConfigurationError("brokers= takes a list of broker URLs, not one string")
+        entries = [str(item).strip() for item in given]
+    else:
+        entries = [item.strip() for item in (raw or "").split(",")]
+    return tuple(item for item in entries if item)

@@ -110,20 +110,17 @@ class Check:
 
 
 def _scout_check(settings: Settings) -> Check:
-    """The scout account (docs/security.md): present, and able to log in here?"""
-    if not settings.scout_user or settings.scout_password is None:
-        how = "TLS" if settings.rabbit_tls else "RABBIT_USER's login in plain AMQP"
-        return Check("scout account", "ok", f"none: scouts log in with {how} (set SCOUT_USER/"
-                      "SCOUT_PASSWORD to keep RABBIT_PASSWORD from strangers; docs/security.md)")
-    probe = probe_broker(settings.rabbit_host, settings.rabbit_port, settings.scout_user,
-                         settings.scout_password, vhost=settings.rabbit_vhost,
-                         tls=settings.tls_config if settings.rabbit_tls else None)
-    if probe.ok:
-        return Check("scout account", "ok", f"SCOUT_USER={settings.scout_user} logs in")
-    return Check("scout account", "fail", f"SCOUT_USER={settings.scout_user}: {probe.reason}",
-                 f"rabbitmqctl add_user {settings.scout_user} '<SCOUT_PASSWORD>' && rabbitmqctl "
-                 f"set_permissions -p / {settings.scout_user} '^$' "
-                 "'^miros\\.scout\\.exchange$' '^$'")
+    """The scout account (docs/security.md): may scouts log in here and publish a challenge?"""
+    from miros_rabbitmq.mesh.challenge import check_scout_account, scout_account_commands
+
+    verdict, detail = check_scout_account(settings)
+    if verdict is None:
+        return Check("scout account", "warn", detail,
+                     "unset MIROS_RABBITMQ_SCOUT_WITH_RABBIT_LOGIN and create the scout account "
+                     "on every broker: " + scout_account_commands(settings.scout_user))
+    if verdict:
+        return Check("scout account", "ok", detail)
+    return Check("scout account", "fail", detail, scout_account_commands(settings.scout_user))
 
 
 def _is_fernet_key(key: Secret) -> bool:
@@ -219,8 +216,8 @@ def doctor_checks(env_file: str | None, *, hosts_file: str = HOSTS_FILE,
         else:
             checks.append(Check("broker", "fail", f"broker at {where}: {probe.reason}",
                                 "is it RabbitMQ (AMQP 0-9-1) on that port?"))
-    if settings is not None:
-        checks.append(_scout_check(settings))
+    if settings is not None and checks[-1].name == "broker" and checks[-1].status == "ok":
+        checks.append(_scout_check(settings))  # a scout of a broker that answers
     hosts_path = hosts_file
     if not os.path.exists(hosts_path):
         checks.append(Check("hosts file", "ok", f"no {hosts_path} (optional: "

@@ -192,7 +192,9 @@ _OWNED_NAME = re.compile(r"[A-Za-z]+-(\d+)-")
 
 def _owner_is_gone(name: str) -> bool:
     m = _OWNED_NAME.match(name)
-    return bool(m) and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1)))
+    if m is None:
+        return False
+    return int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1)))
 
 
 def cleanup_stray_nodes() -> list[str]:
@@ -253,6 +255,43 @@ def _kill_live_nodes() -> None:
             pass
 
 
+def _password_hash(password: str) -> str:
+    """RabbitMQ's ``rabbit_password_hashing_sha256``: salt + sha256(salt + password), base64."""
+    import base64
+    import hashlib
+
+    salt = os.urandom(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def _definitions(username: str, password: str) -> str:
+    """Boot definitions: the node's own user, and the default scout account."""
+    import json
+
+    from miros_rabbitmq.wire.names import (
+        DEFAULT_SCOUT_PASSWORD,
+        DEFAULT_SCOUT_USER,
+        SCOUT_PERMISSIONS,
+    )
+
+    algorithm = "rabbit_password_hashing_sha256"
+    configure, write, read = SCOUT_PERMISSIONS
+    return json.dumps({
+        "users": [
+            {"name": username, "password_hash": _password_hash(password),
+             "hashing_algorithm": algorithm, "tags": "administrator"},
+            {"name": DEFAULT_SCOUT_USER, "password_hash": _password_hash(DEFAULT_SCOUT_PASSWORD),
+             "hashing_algorithm": algorithm, "tags": ""},
+        ],
+        "vhosts": [{"name": "/"}],
+        "permissions": [
+            {"user": username, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"},
+            {"user": DEFAULT_SCOUT_USER, "vhost": "/", "configure": configure, "write": write,
+             "read": read},
+        ],
+    })
+
+
 class RabbitNode:
     """One extra RabbitMQ node: its own node name, AMQP port, distribution port and data folder.
 
@@ -263,7 +302,10 @@ class RabbitNode:
     other user it runs as that user (no namespaces then).
 
     The node boots with no plugins and a config file of its own (``loopback_users
-    = none`` so guest may log in over a namespace LAN). ``start()`` returns when
+    = none`` so guest may log in over a namespace LAN), and, unless
+    ``scout_account=False``, the default scout account (``miros_scout``, allowed
+    to publish to the scout exchange only; docs/security.md), loaded from a
+    definitions file at boot (no rabbitmqctl round trip). ``start()`` returns when
     the port answers AMQP (``connection.start``), never after a fixed sleep.
     ``stop()`` sends SIGTERM to the node's process group, then SIGKILL; ``close()``
     also deletes the data folder. ``kill()`` simulates a crash. As a context
@@ -290,7 +332,9 @@ class RabbitNode:
         extra_config: Mapping[str, str] | None = None,
         server: str = RABBITMQ_SERVER,
         ctl: str = RABBITMQCTL,
+        scout_account: bool = True,
     ) -> None:
+        self.scout_account = scout_account
         self.name = name or f"{NODE_PREFIX}{os.getpid()}-{next(_node_counter)}"
         if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name):
             raise ValueError(f"node name {self.name!r}: use letters, digits, '-' and '_'")
@@ -427,6 +471,9 @@ class RabbitNode:
             "disk_free_limit.absolute": "1MB",
             **self.extra_config,
         }
+        if self.scout_account:
+            (d / "definitions.json").write_text(_definitions(self.username, self.password))
+            config.setdefault("load_definitions", str(d / "definitions.json"))
         (d / "rabbitmq.conf").write_text("".join(f"{k} = {v}\n" for k, v in config.items()))
         (d / "enabled_plugins").write_text("[].\n")
         if self._ids is not None:

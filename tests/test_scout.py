@@ -39,6 +39,7 @@ from miros_rabbitmq.payloads import AMQPConsumerCheckPayload
 from miros_rabbitmq.testing import closed_ports, wait_for
 from miros_rabbitmq.transport import PROBER
 from miros_rabbitmq.wire.codec import JSON, Codec, Envelope
+from miros_rabbitmq.wire.names import ProbeOutcome
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 0.5  # the scout's default
@@ -257,15 +258,27 @@ def test_hit_on_a_node_of_another_broker(mesh_env, extra_rabbitmq_node, answers,
         far.stop()
 
 
-def test_miss_when_the_broker_refuses_our_password(node, answers, scouts, monkeypatch):
-    monkeypatch.setenv("RABBIT_PASSWORD", "not-the-password")
+def test_miss_when_the_broker_refuses_the_scout_account(node, answers, scouts, monkeypatch):
+    """Scouts log in with the scout account, never RABBIT_PASSWORD: a broker
+    that refuses the scout account is a miss that says how to create it."""
+    monkeypatch.setenv("SCOUT_USER", "nobody_here")
+    monkeypatch.setenv("SCOUT_PASSWORD", "not-the-password")
     started = time.monotonic()
     chart = scout(scouts, "127.0.0.1", routing_key="heya.man", exchange="miros.mesh.exchange")
     arrived, payload = answers.get("127.0.0.1")
     assert payload.result is False
-    assert "credentials refused" in chart.last_reason
+    assert chart.last_outcome is ProbeOutcome.SCOUT_REFUSED
+    assert "refused the scout account 'nobody_here'" in chart.last_reason
+    assert "rabbitmqctl add_user nobody_here" in chart.last_reason
     assert "not-the-password" not in chart.last_reason
     assert arrived - started <= TIMEOUT + SLACK
+
+
+def test_a_wrong_rabbit_password_does_not_matter_to_a_scout(node, answers, scouts, monkeypatch):
+    monkeypatch.setenv("RABBIT_PASSWORD", "not-the-password")
+    scout(scouts, "127.0.0.1", routing_key="heya.man", exchange="miros.mesh.exchange")
+    _, payload = answers.get("127.0.0.1")
+    assert payload.result is True  # the scout account proved the node
 
 
 def test_miss_on_a_closed_port_is_fast(mesh_env, answers, scouts):

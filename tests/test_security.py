@@ -818,3 +818,165 @@ def test_snoop_command_escapes_what_charts_send(mesh_env, tmp_path) -> None:
     assert "\\x1b]0;pwned\\x07" in out
     without_colours = re.sub(r"\x1b\[[0-9;]*m", "", out)
     assert "\x1b" not in without_colours and "\x07" not in without_colours
+
+
+# --------------------------------------------------------------------------- the default scout account
+
+REAL_USER = "real_user"
+REAL_PASSWORD = "real-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="module")
+def bare_node() -> Iterator[RabbitNode]:
+    """A RabbitMQ node without the scout account (a broker nobody prepared), whose
+    only user is REAL_USER."""
+    if not os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"):
+        pytest.skip("rabbitmq-server is not installed")
+    node = RabbitNode(f"security-bare-{os.getpid()}", username=REAL_USER, password=REAL_PASSWORD,
+                      scout_account=False)
+    try:
+        node.start(120)
+        yield node
+    finally:
+        stop_nodes([node])
+        node.close()
+
+
+def test_by_default_scouts_send_the_scout_account_only(recorder, mesh_env, tmp_path) -> None:
+    """With nothing configured, a LAN host that opens the AMQP port sees the
+    well-known scout account from every kind of scout (a host, a LAN cache
+    entry, an alien, a hosts file), never RABBIT_USER's password."""
+    from miros_rabbitmq.discovery.discovery import discover_once
+    from miros_rabbitmq.wire.names import DEFAULT_SCOUT_PASSWORD, DEFAULT_SCOUT_USER
+
+    real_password = "real-" + uuid.uuid4().hex
+    settings = settings_for(5672, RABBIT_USER="real_user", RABBIT_PASSWORD=real_password)
+    assert (settings.scout_user, settings.scout_password.reveal()) == (
+        DEFAULT_SCOUT_USER, DEFAULT_SCOUT_PASSWORD)
+    assert not settings.scout_with_rabbit_login
+    credentials = ScoutCredentials(settings)
+    assert "miros_scout" in repr(credentials)
+    assert not scout_once(credentials, recorder.hostport, timeout=0.5).ok  # a host
+    factory = _factory(settings)
+    try:
+        _discover(factory, tagged(ConnectionDiscoveryPayload([recorder.hostport], [], "lan_chart"),
+                                  None, unverified=True))  # a LAN cache entry
+        assert wait_for(lambda: factory.refused >= 1 and not factory.vetting(), 10)
+        factory._refused.clear()  # the same address again, at once
+        _discover(factory, ConnectionDiscoveryPayload([recorder.hostport], [], "alien"))
+        assert wait_for(lambda: factory.refused >= 2 and not factory.vetting(), 10)
+        assert factory.peers() == []
+    finally:
+        factory.stop()
+    hosts = tmp_path / "hosts.json"
+    hosts.write_text(json.dumps({"hosts": [recorder.hostport,
+                                           f"amqp://nobody@{recorder.hostport}/%2F"]}))
+    discover_once(hosts_file=str(hosts), timeout=0.5, settings=settings)  # a hosts file
+    assert wait_for(lambda: len(recorder.logins) >= 5, 5), len(recorder.logins)
+    assert all(b"miros_scout" in login for login in recorder.logins), recorder.logins
+    assert not recorder.saw(real_password) and not recorder.saw("real_user")
+    assert PROBER.wait_idle(5)
+
+
+def test_an_entry_with_its_own_login_is_scouted_with_it(recorder) -> None:
+    """The user wrote amqp://user:pass@host for that broker: the scout logs in
+    with it (and the scout account is not sent there)."""
+    settings = settings_for(5672, RABBIT_PASSWORD="real-secret-pw")
+    scout_once(ScoutCredentials(settings), f"amqp://bob:bob-pw@{recorder.hostport}/%2F", 0.5)
+    assert wait_for(lambda: recorder.logins, 5)
+    assert recorder.saw("bob-pw") and not recorder.saw("miros_scout")
+    assert not recorder.saw("real-secret-pw")
+    assert PROBER.wait_idle(5)
+
+
+def test_the_opt_out_scouts_with_the_rabbit_login_as_0_2_did(recorder) -> None:
+    real_password = "real-" + uuid.uuid4().hex
+    settings = settings_for(5672, RABBIT_PASSWORD=real_password,
+                            MIROS_RABBITMQ_SCOUT_WITH_RABBIT_LOGIN="1")
+    assert settings.scout_with_rabbit_login
+    scout_once(ScoutCredentials(settings), recorder.hostport, timeout=0.5)
+    assert wait_for(lambda: recorder.logins, 5)
+    assert recorder.saw(real_password) and not recorder.saw("miros_scout")
+    with pytest.raises(ConfigurationError, match="contradict"):
+        settings_for(5672, MIROS_RABBITMQ_SCOUT_WITH_RABBIT_LOGIN="1", SCOUT_USER="s",
+                     SCOUT_PASSWORD="p")
+    # SCOUT_PASSWORD alone: the miros_scout account with another password
+    assert settings_for(5672, SCOUT_PASSWORD="own-pw").scout_user == "miros_scout"
+    assert PROBER.wait_idle(5)
+
+
+def test_a_broker_without_the_scout_account_is_not_adopted_until_it_has_one(
+        bare_node, tmp_path, caplog) -> None:
+    """A node of our mesh runs on a broker without the scout account: scouts get
+    SCOUT_REFUSED, nothing is adopted, one WARNING per host gives the commands.
+    Those commands, run there, make the same broker found and adopted, with
+    the real login."""
+    import logging
+    import shlex
+
+    from miros_rabbitmq.discovery.discovery import NO_SCOUT_ACCOUNT, classify
+    from miros_rabbitmq.mesh.challenge import scout_account_commands
+    from miros_rabbitmq.wire.names import ProbeOutcome
+
+    key = Fernet.generate_key()
+    settings = settings_for(5672, key=key, RABBIT_USER=REAL_USER, RABBIT_PASSWORD=REAL_PASSWORD)
+    node_nets = start_nets(settings_for(bare_node.port, key=key, RABBIT_USER=REAL_USER,
+                                        RABBIT_PASSWORD=REAL_PASSWORD), "bare_home")
+    entry = f"127.0.0.1:{bare_node.port}"
+    factory = _factory(settings)
+    caplog.set_level(logging.WARNING, logger="miros_rabbitmq")
+    try:
+        for _ in range(2):
+            result = scout_once(ScoutCredentials(settings), entry)
+            assert result.outcome is ProbeOutcome.SCOUT_REFUSED, result
+            assert classify(result.outcome) == NO_SCOUT_ACCOUNT
+        _discover(factory, ConnectionDiscoveryPayload([entry], [], "alien"))
+        assert wait_for(lambda: factory.refused >= 1 and not factory.vetting(), 10)
+        assert factory.peers() == []
+        warnings = [r.getMessage() for r in caplog.records
+                    if "refused the scout account" in r.getMessage()]
+        assert len(warnings) == 1, warnings  # one per host
+        assert "rabbitmqctl add_user miros_scout 'miros_scout'" in warnings[0]
+        assert REAL_PASSWORD not in caplog.text
+        # the fix the warning names, run on that broker
+        for command in scout_account_commands().split("; "):
+            bare_node.ctl(*shlex.split(command)[1:])
+        assert scout_once(ScoutCredentials(settings), entry).ok
+        factory._refused.clear()  # no 60 s wait for the test
+        _discover(factory, ConnectionDiscoveryPayload([entry], [], "alien"))
+        assert wait_for(lambda: factory.peers(), 10)
+        peer = factory.peers()[0]
+        assert (peer.address.user, peer.address.port) == (REAL_USER, bare_node.port)
+        assert wait_for(lambda: peer.link.connected.is_set(), 10), peer.link.last_error
+    finally:
+        factory.stop()
+        node_nets.stop()
+        bare_node.ctl("delete_user", "miros_scout", check=False)  # bare again
+    assert PROBER.wait_idle(5)
+
+
+def test_doctor_checks_the_default_scout_account(bare_node, tls_node, tmp_path) -> None:
+    key = Fernet.generate_key().decode()
+    for port, user, password, ok in ((tls_node.port, "guest", "guest", True),
+                                     (bare_node.port, REAL_USER, REAL_PASSWORD, False)):
+        (tmp_path / ".env").write_text(f"RABBIT_USER={user}\nRABBIT_PASSWORD={password}\n"
+                                       f"RABBIT_PORT={port}\nMESH_ENCRYPTION_KEY={key}\n")
+        os.chmod(tmp_path / ".env", 0o600)
+        done = _cli(tmp_path, "doctor")
+        if ok:
+            assert "SCOUT_USER=miros_scout logs in" in done.stdout, done.stdout + done.stderr
+        else:
+            assert done.returncode != 0
+            assert "refused the scout account 'miros_scout'" in done.stdout, done.stdout
+            assert "rabbitmqctl add_user miros_scout 'miros_scout'" in done.stdout
+            assert REAL_PASSWORD not in done.stdout + done.stderr
+
+
+def test_init_names_the_default_scout_account(tmp_path) -> None:
+    done = _cli(tmp_path, "init")
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / ".env").read_text()
+    assert "rabbitmqctl add_user miros_scout 'miros_scout'" in text
+    assert "miros_scout" in done.stdout
+    settings = load_settings(dotenv_path=str(tmp_path / ".env"), environ={})
+    assert settings.scout_user == "miros_scout" and not settings.scout_with_rabbit_login

@@ -49,6 +49,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "view": "view",
     "list": "list",
+    "cluster": "cluster",
 }
 
 

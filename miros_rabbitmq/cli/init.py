@@ -31,11 +31,20 @@ SNOOP_SPY_ENCRYPTION_KEY={spy}
 
 SCOUT_TEMPLATE = """\
 # The scout account: scouts log in with it until a node proves our mesh key, so
-# RABBIT_PASSWORD never goes to a stranger. Create it on every broker of the mesh:
+# RABBIT_PASSWORD never goes to a stranger (without these two lines: the
+# well-known miros_scout account). Create it on every broker of the mesh:
 #   rabbitmqctl add_user {user} '<SCOUT_PASSWORD below>'
 #   rabbitmqctl set_permissions -p / {user} '^$' '^miros\\.scout\\.exchange$' '^$'
 SCOUT_USER={quser}
 SCOUT_PASSWORD={password}
+"""
+
+DEFAULT_SCOUT_TEMPLATE = """\
+# Scouts log in with the well-known scout account miros_scout until a node proves
+# our mesh key, so RABBIT_PASSWORD never goes to a stranger. Create it on every
+# broker of the mesh (`miros-rabbitmq doctor` checks it):
+#   rabbitmqctl add_user miros_scout 'miros_scout'
+#   rabbitmqctl set_permissions -p / miros_scout '^$' '^miros\\.scout\\.exchange$' '^$'
 """
 
 
@@ -110,7 +119,7 @@ def init(ctx: Context, path: str, force: bool, user: str, password: str | None,
     password = _read_password(password, password_stdin)
     if any(c in value for value in (user, password, host, scout_user or "") for c in "\n\r"):
         fail("--user, --password and --host must be one line each", EXIT_UNUSABLE)
-    scout = ""
+    scout = DEFAULT_SCOUT_TEMPLATE
     if scout_user:
         if not all(c.isalnum() or c in "._-" for c in scout_user):
             fail("--scout-account: letters, digits, '.', '_' and '-' only", EXIT_UNUSABLE)
@@ -127,9 +136,8 @@ def init(ctx: Context, path: str, force: bool, user: str, password: str | None,
         fail(f"cannot write {path}: {error.strerror or error}")
     click.echo(f"wrote {os.path.abspath(path)} (mode 0600, fresh keys; copy it to every "
                "machine of your mesh)")
-    if scout_user:
-        click.echo(f"create the scout account {scout_user} on every broker of the mesh: see "
-                   f"the commands in {path} (docs/security.md)")
+    click.echo(f"create the scout account {scout_user or 'miros_scout'} on every broker of the "
+               f"mesh: see the commands in {path} (docs/security.md)")
 
 
 command = init

@@ -169,8 +169,10 @@ class ScoutBatch:
         """What the scout searches, and with which credentials.
 
         An ``amqp://user:password@host:port/vhost`` entry is scouted as
-        ``host:port`` with its own user, password and vhost, so that the
-        password never becomes a scout's name (its thread name, its trace).
+        ``host:port`` with its own user, password and vhost (the user wrote
+        that login for that broker), so that the password never becomes a
+        scout's name (its thread name, its trace). A URL without a password
+        is scouted with the scout account, on its vhost.
         """
         if "://" not in address:
             return address, self.credentials
@@ -178,7 +180,7 @@ class ScoutBatch:
         parsed = parse_peer(address, settings)
         own = replace(settings, rabbit_user=parsed.user, rabbit_password=parsed.password,
                       rabbit_vhost=parsed.vhost)
-        return parsed.hostport, ScoutCredentials(own)
+        return parsed.hostport, ScoutCredentials(own, own_login=parsed.own_login)
 
     def _launch(self) -> None:
         while self._waiting and len(self._running) < self.parallel:

@@ -92,6 +92,7 @@ __all__ = [
     "NO_NODE",
     "WRONG_KEY",
     "BAD_CREDENTIALS",
+    "NO_SCOUT_ACCOUNT",
     "UNRESOLVED",
     "BAD_ADDRESS",
     "ERROR",
@@ -394,7 +395,8 @@ DEAD = "dead"  #: nothing answered at all (no host, dropped packets, unreachable
 NO_BROKER = "no-broker"  #: the host is up, nothing listens on the AMQP port
 NO_NODE = "no-node"  #: a broker took our credentials, no miros-rabbitmq node runs there
 WRONG_KEY = "wrong-key"  #: a broker took our credentials; its nodes did not prove our key
-BAD_CREDENTIALS = "bad-credentials"  #: the broker refused RABBIT_USER / RABBIT_PASSWORD
+BAD_CREDENTIALS = "bad-credentials"  #: the broker refused an amqp:// URL's own login
+NO_SCOUT_ACCOUNT = "no-scout-account"  #: the broker refused the scout account (create it there)
 UNRESOLVED = "unresolved"  #: the host name does not resolve
 BAD_ADDRESS = "bad-address"  #: not a host, host:port or amqp:// URL
 ERROR = "error"  #: anything else (the reason says what)
@@ -423,6 +425,7 @@ _STATE_OF = {
     ProbeOutcome.UNRESOLVED: UNRESOLVED,
     ProbeOutcome.REFUSED: NO_BROKER,
     ProbeOutcome.AUTH_REFUSED: BAD_CREDENTIALS,
+    ProbeOutcome.SCOUT_REFUSED: NO_SCOUT_ACCOUNT,
     ProbeOutcome.NO_RESPONDER: NO_NODE,
     ProbeOutcome.BAD_ADDRESS: BAD_ADDRESS,
 }

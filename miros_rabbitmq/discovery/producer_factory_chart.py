@@ -526,7 +526,7 @@ class ProducerFactoryChart(ActiveObject):
                     settings.rabbit_user, settings.rabbit_vhost, settings.rabbit_password):
                 credentials = ScoutCredentials(replace(  # the peer's own login, not ours
                     settings, rabbit_user=address.user, rabbit_password=address.password,
-                    rabbit_vhost=address.vhost))
+                    rabbit_vhost=address.vhost), own_login=address.own_login)
             departed.scout = RabbitConsumerScoutChart(
                 entry, routing_key=self.routing_key, exchange_name=MESH_EXCHANGE,
                 timeout=self.scout_timeout, credentials=credentials)

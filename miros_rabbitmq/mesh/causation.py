@@ -51,7 +51,7 @@ def context_of(item: Any) -> Context | None:
     missing attribute.
     """
     try:
-        return item.__dict__.get(ATTRIBUTE)  # type: ignore[no-any-return]
+        return item.__dict__.get(ATTRIBUTE)
     except AttributeError:
         return None
 

@@ -8,8 +8,7 @@ expiry) is :mod:`miros_rabbitmq.wire.challenge`; this module runs it:
   its local broker, bound to :data:`SCOUT_EXCHANGE`, an exchange used for
   nothing else, so a challenge is never parsed as a mesh event;
 * a prober (:class:`ScoutCredentials`) opens a short-lived connection to the
-  address (logging in with the scout account when one is configured, see
-  ``docs/security.md``), publishes a challenge naming the address and port
+  address (logging in with the scout account, see ``docs/security.md``), publishes a challenge naming the address and port
   that connection reached, with ``reply_to`` set to RabbitMQ's direct
   reply-to, and waits;
 * a responder answers only a challenge that decrypts under its mesh key, is
@@ -40,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet, MultiFernet
 
-from miros_rabbitmq.config import Secret, Settings, load_settings
+from miros_rabbitmq.config import SCOUT_WITH_RABBIT_LOGIN, Secret, Settings, load_settings
 from miros_rabbitmq.errors import DecodeError
 from miros_rabbitmq.transport import (
     BrokerAddress,
@@ -53,6 +52,12 @@ from miros_rabbitmq.transport import (
 )
 from miros_rabbitmq.wire import challenge as protocol
 from miros_rabbitmq.wire.challenge import CHALLENGE_TTL, CLOCK_SKEW, ChallengeBody
+from miros_rabbitmq.wire.names import (
+    DEFAULT_SCOUT_PASSWORD,
+    DEFAULT_SCOUT_USER,
+    SCOUT_PERMISSIONS,
+    ProbeOutcome,
+)
 
 if TYPE_CHECKING:
     from miros_rabbitmq.mesh.nets import MirosNets
@@ -64,6 +69,7 @@ __all__ = [
     "ScoutCredentials",
     "answer",
     "install_responder",
+    "scout_account_commands",
 ]
 
 logger = logging.getLogger(__name__)
@@ -221,6 +227,22 @@ class Challenge:
 
 
 _unprotected_warned = False
+#: hosts already warned about a refused scout account (one WARNING per host)
+_refused_warned: set[str] = set()
+_REFUSED_WARNED_MAX = 4096
+_warn_lock = threading.Lock()
+
+
+def scout_account_commands(user: str = DEFAULT_SCOUT_USER, password: str | None = None) -> str:
+    """The rabbitmqctl commands that create the scout account ``user`` on a broker.
+
+    The default account's password is public, so it is spelled out; any other
+    shows as ``'<SCOUT_PASSWORD>'``."""
+    if password is None:
+        password = DEFAULT_SCOUT_PASSWORD if user == DEFAULT_SCOUT_USER else "<SCOUT_PASSWORD>"
+    configure, write, read = SCOUT_PERMISSIONS
+    return (f"rabbitmqctl add_user {user} '{password}'; rabbitmqctl set_permissions -p / "
+            f"{user} '{configure}' '{write}' '{read}'")
 
 
 class ScoutCredentials:
@@ -228,28 +250,50 @@ class ScoutCredentials:
 
     The seed's ``RabbitTopicPublisherMaker`` role: a scout asks it for a probe
     and never sees a password or a key. One instance can serve many scouts.
-    Probes log in with the scout account (``SCOUT_USER`` / ``SCOUT_PASSWORD``)
-    when one is configured, so the real login only ever goes to brokers that
-    proved they belong to the mesh.
+
+    Which login a probe sends (docs/security.md, "The scout account"):
+
+    * the scout account (``SCOUT_USER`` / ``SCOUT_PASSWORD``, default the
+      well-known ``miros_scout``), for every address that has not proved our
+      key: a bare host, ``host:port``, a LAN neighbour, a LAN cache entry, an
+      alien, an ``amqp://`` URL without a password;
+    * the entry's own login, for an ``amqp://user:pass@host`` URL (the user
+      wrote it for that broker), or when ``own_login`` is True (the settings
+      carry such an entry's login);
+    * ``RABBIT_USER``'s, as 0.2 did, only with
+      ``MIROS_RABBITMQ_SCOUT_WITH_RABBIT_LOGIN=1`` (warned once).
+
+    A broker that refuses the scout account gives the outcome
+    ``ProbeOutcome.SCOUT_REFUSED`` and one WARNING per host naming the
+    commands that create it. The real ``RABBIT_USER`` login goes to a broker
+    only once a node there answered the challenge (discovery adopts it then).
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, own_login: bool = False) -> None:
         self.settings = settings if settings is not None else load_settings()
+        self.own_login = own_login
+        self._warn_refused = True  # off for doctor, which reports the refusal itself
         self.identity = f"scout.{uuid.uuid4().hex[:12]}"
         self._keyring = _keyring(self.settings.mesh_keys)
 
     def __repr__(self) -> str:
-        user = self.settings.scout_user or self.settings.rabbit_user
+        settings = self.settings
+        user = settings.rabbit_user if self.own_login or settings.scout_with_rabbit_login \
+            else settings.scout_user
         return f"ScoutCredentials(user={user!r}, keys=******)"
+
+    def _uses_scout_account(self, address: BrokerAddress) -> bool:
+        return not (self.own_login or address.own_login or self.settings.scout_with_rabbit_login)
 
     def address(self, entry: str) -> BrokerAddress:
         """``host``, ``host:port``, a hostname or an amqp[s]:// URL, with the login
         a probe uses; raises PeerAddressError."""
         address = parse_peer(entry, self.settings)
         settings = self.settings
-        if settings.scout_user and settings.scout_password is not None:
+        if self._uses_scout_account(address):
             return replace(address, user=settings.scout_user, password=settings.scout_password)
-        if address.tls is None:
+        if settings.scout_with_rabbit_login and not (self.own_login or address.own_login) \
+                and address.tls is None:
             _warn_unprotected(address)
         return address
 
@@ -262,9 +306,39 @@ class ScoutCredentials:
         """Challenge whatever listens at ``entry``; ``on_done`` gets the verdict
         on the prober thread within ``timeout`` seconds. Raises PeerAddressError."""
         challenge = self.challenge(routing_key=routing_key, exchange_name=exchange_name)
-        return probe(self.address(entry), exchange=SCOUT_EXCHANGE, routing_key=routing_key,
+        address = self.address(entry)
+        if self._uses_scout_account(address):
+            on_done = self._refusal_named(address, on_done)
+        return probe(address, exchange=SCOUT_EXCHANGE, routing_key=routing_key,
                      body=challenge.token, accept=challenge.accept, timeout=timeout,
                      on_done=on_done)
+
+    def _refusal_named(self, address: BrokerAddress,
+                       on_done: Callable[[ProbeResult], None]) -> Callable[[ProbeResult], None]:
+        """``on_done`` that turns a refused login into SCOUT_REFUSED (and warns once)."""
+        user = self.settings.scout_user
+
+        def done(result: ProbeResult) -> None:
+            if result.outcome is ProbeOutcome.AUTH_REFUSED:
+                if self._warn_refused:
+                    _warn_scout_refused(address.hostport, user)
+                result = replace(result, outcome=ProbeOutcome.SCOUT_REFUSED,
+                                 reason=f"the broker refused the scout account {user!r} "
+                                        f"(create it there: {scout_account_commands(user)})")
+            on_done(result)
+        return done
+
+
+def _warn_scout_refused(hostport: str, user: str) -> None:
+    with _warn_lock:
+        if hostport in _refused_warned:
+            return
+        if len(_refused_warned) >= _REFUSED_WARNED_MAX:
+            _refused_warned.clear()
+        _refused_warned.add(hostport)
+    logger.warning("the broker at %s refused the scout account %r, so nodes there cannot be "
+                   "found (and none is adopted). Create it on that broker: %s "
+                   "(see docs/security.md)", hostport, user, scout_account_commands(user))
 
 
 def _warn_unprotected(address: BrokerAddress) -> None:
@@ -279,6 +353,52 @@ def _warn_unprotected(address: BrokerAddress) -> None:
     except ValueError:
         pass
     _unprotected_warned = True
-    logger.warning("scouting %s with RABBIT_USER's login over plain AMQP: whoever listens "
-                   "there can read it. Set SCOUT_USER / SCOUT_PASSWORD (a scout-only "
-                   "account) or use TLS; see docs/security.md", address.hostport)
+    logger.warning("%s=1: scouting %s with RABBIT_USER's login over plain AMQP: whoever "
+                   "listens there can read it. Unset it to scout with the scout account, or "
+                   "use TLS; see docs/security.md", SCOUT_WITH_RABBIT_LOGIN, address.hostport)
+
+
+def check_scout_account(settings: Settings, *, timeout: float = 3.0) -> tuple[bool | None, str]:
+    """Can scouts use this broker (``RABBIT_HOST:RABBIT_PORT``)? ``(verdict, detail)``.
+
+    A real scout of the local broker with the scout account: True when the
+    broker takes the login and lets it publish a challenge (whether or not a
+    node answers), False when it refuses it (the detail names the commands
+    that create it), None when the opt-out is on (no scout account in use).
+    Blocks at most ``timeout`` seconds (plus the probe's clean-up).
+    """
+    if settings.scout_with_rabbit_login:
+        return None, (f"{SCOUT_WITH_RABBIT_LOGIN}=1: scouts send RABBIT_USER's login to every "
+                      "neighbour they try (unsafe on an untrusted LAN; docs/security.md)")
+    try:
+        credentials = ScoutCredentials(settings)
+    except Exception:  # bad keys (reported elsewhere): the login is what is checked here
+        credentials = ScoutCredentials(replace(settings, mesh_keys=(
+            Secret(Fernet.generate_key()),)))
+    credentials._warn_refused = False
+    done: list[ProbeResult] = []
+    finished = threading.Event()
+
+    def on_done(result: ProbeResult) -> None:
+        done.append(result)
+        finished.set()
+
+    host = f"[{settings.rabbit_host}]" if ":" in settings.rabbit_host else settings.rabbit_host
+    entry = f"{host}:{settings.rabbit_port}"
+    try:
+        attempt = credentials.probe(entry, routing_key="miros.doctor", exchange_name="",
+                                    timeout=timeout, on_done=on_done)
+    except Exception as error:
+        return False, str(error)
+    if not finished.wait(timeout + 5.0):
+        attempt.cancel()
+        return False, "the scout never finished"
+    attempt.closed.wait(3.0)
+    result = done[0]
+    user = settings.scout_user
+    if result.outcome in (ProbeOutcome.ANSWERED, ProbeOutcome.NO_ANSWER,
+                          ProbeOutcome.NO_RESPONDER):
+        return True, f"SCOUT_USER={user} logs in and may publish challenges"
+    if result.outcome is ProbeOutcome.SCOUT_REFUSED:
+        return False, f"the broker refused the scout account {user!r}"
+    return False, f"SCOUT_USER={user}: {result.reason}"

@@ -17,13 +17,18 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from miros_rabbitmq._miros import RESERVED_SIGNALS
 from miros_rabbitmq.config import Secret, Settings
-from miros_rabbitmq.errors import BrokerAuthenticationError, DecodeError, PeerAddressError
+from miros_rabbitmq.errors import (
+    BrokerAuthenticationError,
+    ConfigurationError,
+    DecodeError,
+    PeerAddressError,
+)
 from miros_rabbitmq.mesh import challenge
 from miros_rabbitmq.transport import (
     DEFAULT_MAX_BYTES,
@@ -128,6 +133,7 @@ class MirosNets:
         queue_max_length: int = DEFAULT_QUEUE_MAX_LENGTH,
         on_overflow: Callable[[str, int], None] | None = None,
         clock: Callable[[], float] = time.time,
+        brokers: Sequence[str] | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -190,6 +196,16 @@ class MirosNets:
         self._parked_envelope: tuple[bytes, Envelope] | None = None
         self._initial_peers = list(peers)
         self.local_address = local_broker(settings)
+        # cluster mode: one link to one node of the cluster at a time, no peers
+        entries = list(brokers) if brokers is not None else list(settings.rabbit_cluster)
+        self.cluster: tuple[BrokerAddress, ...] = tuple(
+            parse_peer(entry, settings) for entry in entries)  # raises PeerAddressError
+        if self.cluster:
+            self.local_address = self.cluster[0]
+            self.origin = self.cluster[0].hostport
+            if self._initial_peers:
+                raise ConfigurationError("peers= and brokers= exclude each other: a cluster "
+                                         "is one broker to its clients")
         self.local_link: BrokerLink | None = None
         self.consumer: Consumer | None = None
         self._local_consumers: list[Consumer] = []
@@ -210,7 +226,7 @@ class MirosNets:
         if self._started:
             return self.consumer is not None and self.consumer.ready.is_set()
         self._started = True
-        self.local_link = self._acquire(self.local_address)
+        self.local_link = self._acquire(self.local_address, alternates=self.cluster[1:])
         self.consumer = Consumer(
             exchange=MESH_EXCHANGE,
             routing_keys=self.rx_routing_keys,
@@ -220,6 +236,8 @@ class MirosNets:
             durable=True,
             expires_ms=self.queue_expires_ms,
             max_length=self.queue_max_length,
+            # replicated: the loss of one cluster node loses nothing confirmed
+            queue_type="quorum" if self.cluster else None,
         )
         self.local_link.add_consumer(self.consumer)
         challenge.install_responder(self)  # answers scouts that hold our mesh key
@@ -298,10 +316,12 @@ class MirosNets:
             self._local_consumers.remove(consumer)
             self.local_link.remove_consumer(consumer, delete_queue=True)
 
-    def _acquire(self, address: BrokerAddress) -> BrokerLink:
+    def _acquire(self, address: BrokerAddress, *,
+                 alternates: Sequence[BrokerAddress] = ()) -> BrokerLink:
         return LINKS.acquire(address, heartbeat=self.settings.heartbeat,
                              max_buffer=self.max_buffer, max_buffer_bytes=self.max_buffer_bytes,
-                             overflow_policy=self.overflow_policy, exchanges=EXCHANGES)
+                             overflow_policy=self.overflow_policy, exchanges=EXCHANGES,
+                             alternates=alternates)
 
     def _release(self, link: BrokerLink, *, flush_timeout: float) -> None:
         LINKS.release(link, flush_timeout=flush_timeout)
@@ -336,6 +356,9 @@ class MirosNets:
         except PeerAddressError as error:
             logger.warning("%s: ignoring peer: %s", self.name, error)
             return None
+        if self.cluster:
+            logger.debug("%s: cluster mode has no peers; ignoring %s", self.name, address)
+            return None
         key = address.identity()
         if self.local_link is not None and key == self.local_link.identity:
             return None  # the local broker is always a peer already
@@ -367,10 +390,23 @@ class MirosNets:
             peers = list(self._peers.values())
         return ([self.local_link] if self.local_link is not None else []) + peers
 
+    def broker_key(self) -> tuple[Any, ...]:
+        """Equal for two charts of this process that share their local link."""
+        if self.cluster:
+            return ("cluster", *sorted({a.identity() for a in self.cluster}))
+        return self.local_address.identity()
+
     def this_url(self) -> str:
+        """The local broker; in cluster mode the cluster node in use."""
+        if self.cluster and self.local_link is not None:
+            return self.local_link.address.url
         return self.local_address.url
 
     def other_urls(self) -> list[str]:
+        """The peer brokers; in cluster mode the cluster's other nodes."""
+        if self.cluster:
+            current = self.local_link.address if self.local_link is not None else self.cluster[0]
+            return [a.url for a in self.cluster if a.hostport != current.hostport]
         with self._peers_lock:
             return [link.address.url for link in self._peers.values()]
 

@@ -102,6 +102,7 @@ class _Networked:
         lan_discovery: bool | None = None,
         discovery: Any = None,
         lan_cache_file: str | None = None,
+        brokers: Sequence[str] | None = None,
     ) -> None:
         if not name:
             raise ConfigurationError("a networked chart needs a name, unique on the mesh")
@@ -114,7 +115,10 @@ class _Networked:
             rabbit_host=rabbit_host,
             rabbit_port=rabbit_port,
             lan_discovery=lan_discovery,
+            rabbit_cluster=brokers,
         )
+        if self.settings.rabbit_cluster and peers is None:
+            peers = []  # cluster mode: the cluster is the membership; no discovery
         # no explicit peers: discovery (hosts file, LAN, aliens) finds them once started
         self._discovery_config = _discovery_config(discovery, lan_cache_file) \
             if peers is None else None
@@ -138,6 +142,7 @@ class _Networked:
             max_block=max_block,
             max_message_bytes=max_message_bytes,
             on_overflow=on_overflow,
+            brokers=self.settings.rabbit_cluster,
         )
 
     # -- the public API of miros-rabbitmq 0.2
@@ -364,6 +369,10 @@ class NetworkedActiveObject(_Networked, ActiveObject):
         fields): files, timeouts, networks scanned (with ``peers=None``).
     lan_cache_file: where the LAN cache lives (default
         ``.miros_rabbitmq_lan_cache.json`` in the working folder).
+    brokers: cluster mode (default: RABBIT_CLUSTER, comma-separated): the URLs
+        of a RabbitMQ cluster's nodes, e.g. ``["amqp://n1", "amqps://n2:5671"]``.
+        One connection per process to one node at a time, failing over to the
+        next; quorum queues; no peers, no discovery. See docs/scaling.md.
     instrumented: (NetworkedActiveObject) as for miros's ActiveObject.
     """
 

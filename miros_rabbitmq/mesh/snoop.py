@@ -341,6 +341,7 @@ class SnoopListener:
         write: Callable[[str], None] | None = None,
         grep: Iterable[str] = (),
         local_identities: Iterable[str] = (),
+        alternates: Sequence[BrokerAddress] = (),
         tap: Callable[[str, Any], None] | None = None,
         quiet: bool = False,
         render: Callable[[SnoopRecord, str, bool], str] | None = None,
@@ -348,6 +349,7 @@ class SnoopListener:
         if network not in NETWORKS:
             raise ValueError(f"not a snoop network: {network!r}")
         self.address = address
+        self.alternates = tuple(alternates)  # cluster mode: the other nodes
         self.network = network
         # as MirosNets' snoop networks: tokens of this network only
         self.codec = Codec(keys, serializer=JSON, network=NetworkName(network))
@@ -381,7 +383,7 @@ class SnoopListener:
         if self.link is None:
             PRINTER.acquire()
             self.link = LINKS.acquire(self.address, heartbeat=self.heartbeat,
-                                      exchanges=EXCHANGES)
+                                      exchanges=EXCHANGES, alternates=self.alternates)
             host = _safe_host()
             self.consumer = Consumer(
                 exchange=EXCHANGE[self.network],
@@ -451,7 +453,7 @@ def _safe_host() -> str:
 
 
 class _ListenerKey(NamedTuple):
-    broker: tuple[str, int, str, str]
+    broker: tuple[Any, ...]
     network: str
     keys: tuple[str, ...]
     color: bool
@@ -466,12 +468,13 @@ class _Listeners:
 
     def acquire(self, nets: MirosNets, network: str, color: bool) -> SnoopListener:
         keys = tuple(k.reveal() for k in _keys_of(nets.settings, network))
-        key = _ListenerKey(nets.local_address.identity(), network, keys, color)
+        key = _ListenerKey(nets.broker_key(), network, keys, color)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 listener = SnoopListener(nets.local_address, network, keys, color=color,
-                                         heartbeat=nets.settings.heartbeat)
+                                         heartbeat=nets.settings.heartbeat,
+                                         alternates=nets.cluster[1:])
                 self._entries[key] = (listener, 1)
                 start = True
             else:

@@ -35,6 +35,9 @@ class BrokerAddress:
     password: Secret = field(compare=False)
     #: TLS settings (amqps://); None: plain TCP. Never downgraded silently.
     tls: TlsConfig | None = field(default=None, compare=False)
+    #: the entry named its own user and password (``amqp://user:pass@host``):
+    #: scouts may log in with them (docs/security.md, "The scout account")
+    own_login: bool = field(default=False, compare=False)
 
     @property
     def url(self) -> str:
@@ -126,7 +129,8 @@ def parse_peer(entry: str, settings: Settings) -> BrokerAddress:
         user = urllib.parse.unquote(parsed.username) if parsed.username else settings.rabbit_user
         password = (Secret(urllib.parse.unquote(parsed.password)) if parsed.password is not None
                     else settings.rabbit_password)
-        return BrokerAddress(hostname, port, vhost, user, password, tls)
+        return BrokerAddress(hostname, port, vhost, user, password, tls,
+                             own_login=bool(parsed.username) and parsed.password is not None)
     if "@" in text:
         raise PeerAddressError(f"a login needs an amqp:// URL: {_shown(text)}")
     host, port = text, settings.rabbit_port
@@ -192,8 +196,8 @@ _resolved: dict[str, tuple[float, str]] = {}
 
 def _canonical_ip(host: str, *, resolve: bool = True) -> str | None:
     try:
-        ip = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM,
-                                flags=socket.AI_NUMERICHOST)[0][4][0]
+        ip = str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_NUMERICHOST)[0][4][0])
     except (OSError, UnicodeError):  # a name, not an address
         now = time.monotonic()
         cached = _resolved.get(host)
@@ -203,7 +207,7 @@ def _canonical_ip(host: str, *, resolve: bool = True) -> str | None:
             return None
         else:
             try:
-                ip = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
+                ip = str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0])
             except (OSError, UnicodeError):
                 return host.lower()
             if len(_resolved) >= _RESOLVED_MAX:

@@ -41,7 +41,8 @@ class Consumer:
 
     ``expires_ms`` (x-expires) lets the broker delete the queue once nobody
     consumed it for that long; ``max_length`` (x-max-length, drop-head) bounds
-    what an abandoned queue keeps meanwhile.
+    what an abandoned queue keeps meanwhile. ``queue_type="quorum"`` (cluster
+    mode) makes it a replicated quorum queue: durable, never exclusive.
     """
 
     def __init__(
@@ -56,8 +57,12 @@ class Consumer:
         expires_ms: int | None = None,
         max_length: int | None = None,
         prefetch: int = 256,
+        queue_type: str | None = None,
         with_routing_key: bool = False,
     ) -> None:
+        if queue_type == "quorum" and not durable:
+            raise ValueError("a quorum queue is durable (and never exclusive or auto-delete)")
+        self.queue_type = queue_type
         self.exchange = exchange
         self.with_routing_key = with_routing_key
         self.exchange_type = exchange_type
@@ -95,6 +100,8 @@ class Consumer:
         if self.max_length:
             arguments["x-max-length"] = self.max_length
             arguments["x-overflow"] = QUEUE_OVERFLOW
+        if self.queue_type:
+            arguments["x-queue-type"] = self.queue_type
         return arguments
 
     # -- I/O thread only: the link calls these

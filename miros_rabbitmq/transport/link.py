@@ -26,7 +26,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,8 +98,15 @@ class BrokerLink:
         overflow_policy: str = DROP_NEW,
         window: int = DEFAULT_WINDOW,
         exchanges: Iterable[tuple[str, str]] = (),
-        identity: tuple[str, int, str, str] | None = None,
+        identity: tuple[Any, ...] | None = None,
+        alternates: Sequence[BrokerAddress] = (),
     ) -> None:
+        # cluster mode: the nodes of one cluster, tried in turn; ``address`` is
+        # the one in use. The outbox and its resend rules do not care which.
+        self.addresses: tuple[BrokerAddress, ...] = (address, *alternates)
+        self._node = 0
+        self.failovers = 0
+        self.cluster_name: str | None = None
         self.address = address
         self.heartbeat = heartbeat
         self.auth_failed = threading.Event()
@@ -400,7 +407,9 @@ class BrokerLink:
         if self._closing:
             self._ioloop.stop()
             return
-        delay = min(RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY * (2 ** min(self._attempt, 10)))
+        # with several nodes, back off only once a whole round of them failed
+        rounds = self._attempt // len(self.addresses)
+        delay = min(RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY * (2 ** min(rounds, 10)))
         delay *= random.uniform(0.5, 1.0)  # jitter: peers of a restarted broker spread out
         self._attempt += 1
         self._reconnect_timer = self._ioloop.call_later(delay, self._connect)
@@ -414,13 +423,34 @@ class BrokerLink:
         if reason != self.last_error:
             logger.warning("cannot connect to %s: %s (retrying with backoff)", self.address, reason)
         self.last_error = reason
+        self._next_node()
         self._schedule_reconnect()
+
+    def _next_node(self) -> None:
+        """Cluster mode: the node in use failed; the next listed one is tried next."""
+        if len(self.addresses) > 1:
+            self._node = (self._node + 1) % len(self.addresses)
+            self.address = self.addresses[self._node]
+
+    def _check_cluster(self, connection: Any) -> None:
+        """Cluster mode: every node we reach should name the same cluster."""
+        properties = getattr(connection, "server_properties", None) or {}
+        name = properties.get("cluster_name")
+        name = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
+        if self.cluster_name is not None and name is not None and name != self.cluster_name:
+            logger.warning("%s belongs to cluster %r, not %r like the node before it: "
+                           "check the broker list", self.address, name, self.cluster_name)
+        self.cluster_name = name or self.cluster_name
 
     def _on_open(self, connection: Any) -> None:
         self._attempt = 0
+        if len(self.addresses) > 1:
+            self._check_cluster(connection)
         if self.last_error is not None:
             with self._lock:
                 self._counts.reconnects += 1
+                if len(self.addresses) > 1:
+                    self.failovers += 1
             logger.info("connected to %s", self.address)
         self.last_error = None
         connection.channel(on_open_callback=self._on_pub_channel)
@@ -445,6 +475,7 @@ class BrokerLink:
         logger.warning("lost connection to %s: %s", self.address, self.last_error)
         if was_connected:
             self._notify_state(False)
+        self._next_node()
         self._schedule_reconnect()
 
     def _on_pub_channel(self, channel: Any) -> None:

@@ -10,7 +10,7 @@ import atexit
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from miros_rabbitmq.transport.address import BrokerAddress
@@ -29,19 +29,26 @@ class LinkRegistry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._links: dict[tuple[str, int, str, str], tuple[BrokerLink, int]] = {}
+        self._links: dict[tuple[Any, ...], tuple[BrokerLink, int]] = {}
 
     def acquire(self, address: BrokerAddress, *, exchanges: Iterable[tuple[str, str]] = (),
-                **options: Any) -> BrokerLink:
-        """The link to ``address``, made with ``options`` (see BrokerLink) if it is the first."""
-        key = address.identity()
+                alternates: Sequence[BrokerAddress] = (), **options: Any) -> BrokerLink:
+        """The link to ``address``, made with ``options`` (see BrokerLink) if it is the first.
+
+        With ``alternates``: the link to the cluster of those nodes, one per
+        cluster per process whichever node a chart lists first.
+        """
+        key: tuple[Any, ...] = address.identity()
+        if alternates:
+            key = ("cluster", *sorted({a.identity() for a in (address, *alternates)}))
         with self._lock:
             entry = self._links.get(key)
             if entry is not None:
                 link, count = entry
                 self._links[key] = (link, count + 1)
             else:
-                link = BrokerLink(address, exchanges=exchanges, identity=key, **options)
+                link = BrokerLink(address, exchanges=exchanges, identity=key,
+                                  alternates=alternates, **options)
                 self._links[key] = (link, 1)
                 return link
         for name, kind in exchanges:

@@ -201,11 +201,11 @@ class ViewModel:
         if parsed is None:
             self.ignored += 1
             return None
-        when, _, signal, source, target, note = parsed
+        when, _, parsed_signal, source, target, note = parsed
         if note is not None:
             item = self._add(Item(0, "note", name, when, text=note, event=event))
         else:
-            item = self._add(Item(0, "step", name, when, signal=signal or "", source=source,
+            item = self._add(Item(0, "step", name, when, signal=parsed_signal or "", source=source,
                                   target=target, event=event))
             chart.state = target
             self._stepped(item, name)
@@ -340,13 +340,14 @@ class ViewModel:
                     seen.add(child)
                     events.append(child)
                     queue.append(child)
-        items = sorted({i for event in events for i in self._by_event.get(event, ())})
+        items = sorted({i for event in events for i in self._by_event.get(event, ())
+                        if i is not None})
         links = [link_id for event in events for link_id in self._links_of.get(event, ())
                  if self.links[link_id].source is not None
                  and self.links[link_id].target is not None]
         for link_id in links:  # the transitions the arrows start and end at
             link = self.links[link_id]
-            items.extend(i for i in (link.source, link.target) if i not in items)
+            items.extend(i for i in (link.source, link.target) if i is not None and i not in items)
         return {"events": events, "items": sorted(items), "links": links}
 
     def trace_of(self, item_ids: Iterable[int] | None = None) -> Trace:

@@ -409,7 +409,7 @@ def _svg_layout(trace: Trace) -> tuple[list[tuple[str, str]], list[float],
                 right_margin[item.chart] += short / 2
     xs: list[float] = []
     boxes: dict[str, tuple[float, float]] = {}
-    x = _PAD
+    x: float = _PAD
     for chart in trace.charts:
         chart_lanes = [k for k, (c, _) in enumerate(lanes) if c == chart]
         left = x

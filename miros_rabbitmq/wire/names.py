@@ -81,6 +81,13 @@ DEFAULT_PORT = 5672
 DEFAULT_TLS_PORT = 5671  # amqps: never a silent fallback to plain 5672
 DEFAULT_HEARTBEAT = 30  # seconds; short enough to notice a dead peer
 DEFAULT_CONNECTION_ATTEMPTS = 3
+#: the scout account: scouts log in with it until a node there proved our mesh key.
+#: Well known on purpose (docs/security.md): its only right is publishing to
+#: SCOUT_EXCHANGE, and the challenge, not the login, proves membership.
+DEFAULT_SCOUT_USER = "miros_scout"
+DEFAULT_SCOUT_PASSWORD = "miros_scout"
+#: the rights of the scout account: configure, write, read (rabbitmqctl set_permissions)
+SCOUT_PERMISSIONS = ("^$", r"^miros\.scout\.exchange$", "^$")
 #: seconds a scouted node has to answer a challenge
 DEFAULT_SCOUT_TIMEOUT = 0.5
 #: seconds LanRecceChart waits for the neighbour table to fill
@@ -115,6 +122,7 @@ class ProbeOutcome(str, Enum):
     REFUSED = "refused"  #: the host is up; nothing listens on the port
     UNREACHABLE = "unreachable"  #: no route, host down, network error before AMQP
     AUTH_REFUSED = "auth-refused"  #: the broker refused our credentials
+    SCOUT_REFUSED = "scout-refused"  #: the broker refused the scout account (not created there?)
     NO_RESPONDER = "no-responder"  #: a broker, but no scout exchange or responder there
     BAD_ADDRESS = "bad-address"  #: the entry is not a host, host:port or amqp:// URL
     CANCELLED = "cancelled"  #: cancelled before a verdict
