@@ -830,8 +830,9 @@ REAL_PASSWORD = "real-" + uuid.uuid4().hex
 def bare_node() -> Iterator[RabbitNode]:
     """A RabbitMQ node without the scout account (a broker nobody prepared), whose
     only user is REAL_USER."""
-    if not os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"):
-        pytest.skip("rabbitmq-server is not installed")
+    from prereq import need_rabbitmq_server
+
+    need_rabbitmq_server()
     node = RabbitNode(f"security-bare-{os.getpid()}", username=REAL_USER, password=REAL_PASSWORD,
                       scout_account=False)
     try:
