@@ -2,7 +2,7 @@
 
 Run:  python benchmarks/faults.py [--events 50000] [--restarts 2] [--slow 0.0002]
 
-Starts a second RabbitMQ node on loopback (miros_rabbitmq.testing.RabbitNode),
+Starts a second RabbitMQ node on loopback (tests/rabbit_node.py's RabbitNode),
 then runs two scenarios of benchmarks/_fault_scenario.py:
 
 1. receiver's broker restarted: the sender lives on the local broker, the
@@ -26,11 +26,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests"))
 
 from _bench import default_environment  # noqa: E402
 from _fault_scenario import run_scenario  # noqa: E402
-
-from miros_rabbitmq.testing import RabbitNode  # noqa: E402
+from rabbit_node import RabbitNode  # noqa: E402
 
 
 def main() -> int:

@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Debian tools the library and its tests use beyond Python:
-#   ping (iputils-ping)  LanRecceChart's broadcast ping, the virtual-LAN tests
-#   ip   (iproute2)      network namespaces of the virtual-LAN tests
+#   ping    (iputils-ping)  LanRecceChart's broadcast ping, the virtual-LAN tests
+#   ip      (iproute2)      network namespaces of the virtual-LAN tests
+#   setpriv (util-linux)    extra RabbitMQ nodes run as the rabbitmq user
+#   openssl (openssl)       TLS certificates of the TLS tests
+#   su      (login)         commands run as another user
 #   chromium, chromedriver (chromium, chromium-driver)  the browser test of
-#                        `miros-rabbitmq view` (headless, driven by Selenium)
-# Fast path when all are there. Installs only as root (or with sudo); otherwise
-# warns and goes on (the tests that need a missing tool skip, saying why).
+#                           `miros-rabbitmq view` (headless, driven by Selenium)
+# Fast path when all are there. Installs as root (or with sudo). Without them
+# it says what is missing and exits 0: the tests that need a missing tool skip
+# naming it, and FAIL under CI (tests/prereq.py), so CI cannot go green without.
 set -euo pipefail
 
-declare -A want=([ping]=iputils-ping [ip]=iproute2 [chromium]=chromium
-                 [chromedriver]=chromium-driver)
+declare -A want=([ping]=iputils-ping [ip]=iproute2 [setpriv]=util-linux [openssl]=openssl [su]=login
+                 [chromium]=chromium [chromedriver]=chromium-driver)
 missing=()
 for tool in "${!want[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/usr/bin/$tool" ] \
-        || missing+=("${want[$tool]}")
+        || [ -x "/sbin/$tool" ] || [ -x "/bin/$tool" ] || missing+=("${want[$tool]}")
 done
 [ "${#missing[@]}" -eq 0 ] && exit 0
 
@@ -22,11 +26,11 @@ if [ "$(id -u)" -eq 0 ]; then
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     SUDO=(sudo -n)
 else
-    echo "ensure_os_packages: missing ${missing[*]} (not root, no sudo): some tests will skip" >&2
+    echo "ensure_os_packages: missing ${missing[*]} (not root, no sudo): tests needing them skip (fail under CI)" >&2
     exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "ensure_os_packages: missing ${missing[*]} and no apt-get: some tests will skip" >&2
+    echo "ensure_os_packages: missing ${missing[*]} and no apt-get: tests needing them skip (fail under CI)" >&2
     exit 0
 fi
 echo "ensure_os_packages: installing ${missing[*]}" >&2

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Make sure a RabbitMQ broker answers AMQP on 127.0.0.1:5672 (or $RABBIT_PORT).
 #
-# Fast path (a broker already answers): one probe, nothing changed, < 1 s.
-# Otherwise: install Debian's rabbitmq-server if it is missing, then start it
+# Debian's rabbitmq-server is installed even when some other broker already
+# answers on the port (then without starting its service): the tests start
+# extra nodes ("other machines") from /usr/lib/rabbitmq/bin/rabbitmq-server.
+#
+# Fast path (a broker already answers, the binary is there): one probe, nothing
+# changed, < 1 s. Otherwise: install Debian's rabbitmq-server if it is missing, then start it
 # (or start_app if the Erlang node runs with the app stopped) and wait until it
 # answers, for at most $RABBITMQ_START_TIMEOUT seconds (default 120).
 # Then make sure the scout account exists (docs/security.md, "The scout
@@ -126,7 +130,27 @@ else
     SUDO=(false)  # nothing to run rabbitmqctl with: reported by the steps that need it
 fi
 
+SERVER=/usr/lib/rabbitmq/bin/rabbitmq-server
 if amqp_answers; then
+    if ! [ -x "$SERVER" ]; then
+        if [ "${SUDO[0]:-}" = false ]; then
+            log "$SERVER missing (the tests' extra nodes need it) and neither root nor sudo to install it"
+        else
+            log "installing Debian's rabbitmq-server (for the tests' extra nodes; its service is not started)"
+            export DEBIAN_FRONTEND=noninteractive
+            policy=/usr/sbin/policy-rc.d
+            made_policy=false
+            if ! [ -e "$policy" ]; then  # another broker holds the port: do not start the service
+                printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+                "${SUDO[@]}" chmod +x "$policy"
+                made_policy=true
+            fi
+            "${SUDO[@]}" apt-get update -qq
+            "${SUDO[@]}" apt-get install -y -qq rabbitmq-server >/dev/null || true
+            if $made_policy; then "${SUDO[@]}" rm -f "$policy"; fi
+            [ -x "$SERVER" ] || log "apt-get install rabbitmq-server failed"
+        fi
+    fi
     ensure_scout_account
     exit 0
 fi

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from miros_rabbitmq.testing import (
+from rabbit_node import (
     RabbitNode,
     netns_pids,
     run_in_netns,

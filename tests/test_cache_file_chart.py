@@ -796,8 +796,9 @@ def test_locked_json_file_sweeps_stale_temp_files(tmp_path):
 
 
 def test_root_keeps_the_owner_of_a_users_file(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    from prereq import need_root
+
+    need_root("only root can write another user's file")
     path = tmp_path / "u.json"
     f = LockedJsonFile(path, {"a": 1})
     f.ensure_exists()
@@ -975,21 +976,22 @@ def test_lock_excludes_root_even_on_a_read_only_file(tmp_path, make_chart, liste
 
 @pytest.mark.timeout(60)
 def test_works_as_an_ordinary_user():
-    """As root the worker drops to nobody (65534) before touching the cache."""
+    """The worker drops from root to nobody (65534) before touching the cache."""
+    from prereq import need_root
+
+    need_root("the worker drops from root to the ordinary user nobody")
     folder = Path(tempfile.mkdtemp(prefix="miros_cache_user_"))  # /tmp: nobody can reach it
     try:
-        if os.geteuid() == 0:
-            os.chmod(folder, 0o755)
-            os.chown(folder, 65534, 65534)
+        os.chmod(folder, 0o755)
+        os.chown(folder, 65534, 65534)
         path = folder / "c.json"
         worker = _spawn("user", "--file", str(path), "--uid", "65534", "--gid", "65534")
         out, err = worker.communicate(timeout=30)
         line = next((x for x in out.decode().splitlines() if x.startswith("RESULT ")), None)
         assert line is not None, err.decode()[-2000:]
         result = json.loads(line[len("RESULT ") :])
-        if os.geteuid() == 0:
-            assert result["euid"] == 65534
-            assert result["uid"] == 65534
+        assert result["euid"] == 65534  # the chart ran as nobody
+        assert result["uid"] == 65534  # and nobody created the file
         assert result["created_mode"] == 0o600 and result["mode"] == 0o600
         assert result["read"] == {"time_out_in_minutes": 30, "hosts": ["10.0.0.1"]}
         assert result["expired"] is False and result["errors"] == 0
@@ -1165,8 +1167,9 @@ def test_chart_refuses_a_planted_lock_file_and_keeps_reading(tmp_path, make_char
 
 
 def test_root_never_chowns_an_existing_lock_file(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    from prereq import need_root
+
+    need_root("the root-only rules of the cache file")
     path = tmp_path / "c.json"
     f = LockedJsonFile(path, {"a": 1})
     f.ensure_exists()
@@ -1186,8 +1189,9 @@ def test_root_never_chowns_an_existing_lock_file(tmp_path):
 
 
 def test_root_does_not_follow_another_users_symlink(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    from prereq import need_root
+
+    need_root("the root-only rules of the cache file")
     victim, before = _victim(tmp_path)
     link = tmp_path / "c.json"
     link.symlink_to(victim)

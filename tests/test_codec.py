@@ -200,8 +200,10 @@ def test_bad_keys_are_configuration_errors_without_the_key() -> None:
     with pytest.raises(ConfigurationError) as raised:
         Codec([Secret("definitely-not-fernet")])
     assert "definitely-not-fernet" not in str(raised.value)
-    assert "KEY" not in repr(Codec([KEY])) or "******" in repr(Codec([KEY]))
-    assert KEY.decode() not in repr(Codec([KEY]))
+    shown = repr(Codec([KEY])) + str(Codec([KEY]))
+    secret = KEY.decode()
+    # not the key, nor any 8 characters of it
+    assert not [secret[i:i + 8] for i in range(len(secret) - 7) if secret[i:i + 8] in shown]
 
 
 def test_comma_separated_env_keys_rotate(monkeypatch) -> None:

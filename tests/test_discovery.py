@@ -51,6 +51,7 @@ from miros_rabbitmq.discovery.lan_recce_chart import (
 )
 from miros_rabbitmq.discovery.man_net_chart import ManNetChart
 from miros_rabbitmq.discovery.producer_factory_chart import ProducerFactoryChart
+from miros_rabbitmq.errors import ConfigurationError
 from miros_rabbitmq.mesh.challenge import ScoutCredentials
 from miros_rabbitmq.payloads import ConnectionDiscoveryPayload, ProducerQueue
 from miros_rabbitmq.testing import EventRecorder, free_port, mesh_environment, wait_for
@@ -59,9 +60,10 @@ from miros_rabbitmq.transport import LINKS, BrokerAddress, parse_peer
 HERE = Path(__file__).parent
 NODE_SCRIPT = HERE / "discovery_node.py"
 SUBNET = "10.241.0.0/24"
-ARP_TIMEOUT = 1.0
+ARP_TIMEOUT = 2.0  # LanRecceChart's default arp_timeout_sec
 FAST = {"peer_grace_sec": 0.5, "rescout_min_sec": 0.3, "rescout_max_sec": 1.0,
         "hosts_watch_sec": 0.5}
+
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -381,12 +383,14 @@ def test_start_at_never_waits_and_a_dead_listed_host_never_blocks(make_node) -> 
     closed = free_port()
     node = make_node("lonely", hosts=[_hostport(closed)], start=False)
     elapsed = node.start()
-    assert elapsed < 1.0  # no peer exists: the chart runs, peers join when found
+    assert elapsed < 5.0  # no peer exists: the chart runs, peers join when found
     started = time.monotonic()
-    for i in range(2000):  # the old code blocked transmit() at event 501
+    for i in range(2000):  # the old code blocked transmit() at event 501, forever
         node.send(str(i))
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 10.0
     assert node.chart.other_urls() == []  # a dead host is never a peer
+
+
 
 
 @pytest.mark.broker
@@ -408,9 +412,10 @@ def test_hosts_file_peer_events_both_ways_alien_and_peer_events(make_node,
         except AssertionError:
             return False
 
-    wait_for(exchanged, 5, 0.0)
+    wait_for(exchanged, 10, 0.0)
+    # a liveness bound; how fast the first event goes is measured in benchmarks/discovery.py
     first_event = time.monotonic() - began
-    assert first_event < 1.0, first_event
+    assert first_event < 10.0, first_event
     # far never heard of near, but near messaged it: far builds producers back (alien)
     assert far.wait(lambda s, p: s == "PEER_JOINED")[1] == "127.0.0.1:5672"
     far.send("pong")
@@ -510,13 +515,19 @@ def test_scouts_are_never_events_nor_peers_and_new_peers_never_deafen(
 
 @pytest.mark.broker
 def test_warm_starts_never_hang(make_node, extra_rabbitmq_node) -> None:
+    """The old code hung in 4 of 151 warm starts (2.6 %: two discovery events raced).
+
+    300 starts (a few seconds) miss a hang that likely with probability
+    0.974**300 < 0.1 %; 12 starts missed it 73 % of the time.
+    """
     extra = extra_rabbitmq_node.port
     make_node("warm_far", rabbit_port=extra, hosts=[])
-    for i in range(12):  # the old code hung in 4 of 151 warm starts
+    for i in range(300):
+        # two spellings of one live peer: two discovery answers race for one producer
         node = make_node(f"warm_{i}", hosts=[_hostport(extra), f"localhost:{extra}"],
                          start=False)
-        assert node.start() < 1.0
-        node.wait(lambda s, p: s == "PEER_JOINED", 5)
+        assert node.start() < 5.0, f"start {i} took long"  # a hang, not a slow machine
+        node.wait(lambda s, p: s == "PEER_JOINED", 10)
         node.stop()
 
 
@@ -551,22 +562,13 @@ def test_discover_once_reports_every_state(mesh_env, tmp_path, extra_rabbitmq_no
         (_hostport(extra_rabbitmq_node.port), WRONG_KEY), ("bad host", BAD_ADDRESS)]
     assert reports[0].found and reports[0].elapsed < 1.0
     assert sorted(r.address for r in seen) == sorted(r.address for r in reports)
-    with pytest.raises(Exception, match="no hosts file"):
+    with pytest.raises(ConfigurationError, match="no hosts file"):
         discover_once(hosts_file=str(tmp_path / "nowhere.json"), settings=settings)
-    with pytest.raises(Exception, match="at most"):
+    with pytest.raises(ConfigurationError, match="at most"):
         discover_once(network="127.0.0.0/8", settings=settings)
 
 
 # =========================================================================== the virtual LAN
-
-
-def _netns_reason() -> str | None:
-    from conftest import netns_unavailable
-
-    reason = netns_unavailable()
-    if reason is None and not os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"):
-        reason = "rabbitmq-server is not installed"
-    return reason
 
 
 @pytest.fixture(scope="module")
@@ -582,9 +584,16 @@ def lan_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def lan(lan_env) -> Iterator[Any]:
-    reason = _netns_reason()
-    if reason:
-        pytest.skip(reason)
+    """Four hosts, a broker on each (module-wide: brokers take seconds to boot).
+
+    No node process outlives the test that started it (``lan_nodes``), so the
+    LAN tests run alone (``-k``) and in any order.
+    """
+    from prereq import need_command, need_netns, need_rabbitmq_server
+
+    need_netns()
+    need_rabbitmq_server()
+    need_command("ping", "iputils-ping")  # LanRecceChart's broadcast ping
     from netlab import VirtualLan
 
     # hosts 1, 2 and 4 keep Linux's default (ignore broadcast pings); host 3 answers them
@@ -598,9 +607,11 @@ def lan(lan_env) -> Iterator[Any]:
         yield net
 
 
-@pytest.fixture(scope="module")
-def lan_nodes(lan, lan_env, tmp_path_factory) -> Iterator[dict[str, Any]]:
-    base = tmp_path_factory.mktemp("lan_nodes")
+@pytest.fixture
+def lan_nodes(lan, lan_env, tmp_path) -> Iterator[dict[str, Any]]:
+    """``lan_nodes["start"](host, name, *options)``: node processes of this test only."""
+    base = tmp_path / "lan_nodes"
+    base.mkdir()
     os.chmod(base, 0o755)
     nodes: dict[str, Any] = {"base": base}
 
@@ -617,6 +628,38 @@ def lan_nodes(lan, lan_env, tmp_path_factory) -> Iterator[dict[str, Any]]:
         for node in list(nodes.values()):
             if isinstance(node, LanNode):
                 node.stop()
+
+
+def _joined(node: LanNode, address: str, timeout: float = 20.0) -> dict[str, Any]:
+    return node.wait(lambda r: r["kind"] == "peer" and r["signal"] == "PEER_JOINED"
+                     and r["address"] == f"{address}:5672", timeout, f"PEER_JOINED {address}")
+
+
+@pytest.fixture
+def trio(lan_nodes) -> list[LanNode]:
+    """n1, n2, n3 on hosts 1-3, started cold (no cache), found each other by scan."""
+    start = lan_nodes["start"]
+    nodes = [start(i, f"n{i}", "--wait-go", "--reply") for i in (1, 2, 3)]
+    for node in nodes:  # every node's networks (and scout responder) are up: now scan
+        node.wait(lambda r: r["kind"] == "ready", 30, "ready")
+    for node in nodes:
+        node.command("GO")
+    for node in nodes:
+        for other in nodes:
+            if other is not node:
+                _joined(node, _address(other.host))
+    return nodes
+
+
+@pytest.fixture
+def quartet(trio, lan_nodes) -> list[LanNode]:
+    """The trio, and n4 on host 4, started later: it scans; the others learn of it as an alien."""
+    fourth = lan_nodes["start"](4, "n4", "--greet", "--reply")
+    fourth.wait(lambda r: r["kind"] == "first_reply", 30, "first reply")
+    for node in trio:
+        _joined(node, _address(4))
+        _joined(fourth, _address(node.host))
+    return [*trio, fourth]
 
 
 def _address(host: int) -> str:
@@ -637,17 +680,18 @@ def _run_recce(lan: Any, lan_env: dict[str, str], host: int, *options: str) -> d
 
 @pytest.mark.netns
 def test_lan_recce_sweeps_the_subnet_within_its_arp_timeout(lan, lan_env, tmp_path) -> None:
-    # brokers run on every host but no node yet: the candidates are found, none holds our key
+    # brokers run on every host but no node: the candidates are found, none holds our key
     fast = _run_recce(lan, lan_env, 1, "--arp-timeout", "0.4")
     assert fast["finished"] and fast["swept"] == 253
     assert {_address(2), _address(3), _address(4)} <= set(fast["candidates"])
     assert fast["found"] == [] and fast["my_address"] == _address(1)
     assert all(classify(fast["answers"][_address(i)][2]) == NO_NODE for i in (2, 3, 4))
-    assert 0.4 <= fast["seconds"] < 0.4 + 1.0, fast
-    # arp_timeout_sec is honoured; RECCE_LANs that come during a search are deferred, and
-    # served by one more search after it
+    # arp_timeout_sec is honoured: waited at least 0.4 s, and done before the 1.5 s
+    # the next search asks for (bounds are behaviour, not speed: see benchmarks/discovery.py)
+    assert 0.4 <= fast["seconds"] < 1.5, fast
+    # RECCE_LANs that come during a search are deferred, and served by one more search after it
     slow = _run_recce(lan, lan_env, 2, "--arp-timeout", "1.5", "--requests", "3")
-    assert 1.5 <= slow["seconds"] < 1.5 + 1.0, slow
+    assert 1.5 <= slow["seconds"] < 1.5 + 10.0, slow
     assert {_address(1), _address(3), _address(4)} <= set(slow["candidates"])
     assert slow["searches"] == 2, slow
     first, second = slow["completed_after"]
@@ -665,25 +709,21 @@ def test_lan_recce_sweeps_the_subnet_within_its_arp_timeout(lan, lan_env, tmp_pa
                for line in denied["log"]), denied["log"]
     assert {_address(1), _address(2), _address(3)} <= set(denied["candidates"])
     # a subnet larger than /22 is not swept: only neighbours already seen, and it says so
-    wide = _run_recce(lan, lan_env, 3, "--fake-interface", "10.241.0.3/16")
+    wide = _run_recce(lan, lan_env, 3, "--fake-interface", "10.241.0.3/16", "--arp-timeout", "5")
     assert wide["swept"] == 0 and wide["not_swept"] == ["10.241.0.0/16"]
     assert any("not swept" in line and "only neighbours already seen" in line
                for line in wide["log"]), wide["log"]
-    assert wide["seconds"] < 1.0  # nothing to wait for: the table is read at once
+    assert wide["seconds"] < 5.0  # nothing was swept: no ARP wait, the table is read at once
 
 
 @pytest.mark.netns
-def test_cold_start_three_nodes_find_each_other_by_scan(lan, lan_nodes) -> None:
-    start = lan_nodes["start"]
-    nodes = [start(i, f"n{i}", "--wait-go", "--reply") for i in (1, 2, 3)]
-    for node in nodes:  # every node's networks (and scout responder) are up: now scan
-        node.wait(lambda r: r["kind"] == "ready", 30, "ready")
-    for node in nodes:
-        node.command("GO")
+def test_cold_start_three_nodes_find_each_other_by_scan(trio) -> None:
+    nodes = trio
     for node in nodes:  # its LAN address is what it advertises (for aliens)
         started = node.wait(lambda r: r["kind"] == "started", 10, "started")
         assert started["origin"] == f"{_address(node.host)}:5672"
-        assert started["start_at_seconds"] < 0.5
+        # start_at() never waits for the scan (which waits ARP_TIMEOUT at least)
+        assert started["start_at_seconds"] < ARP_TIMEOUT, started
     for node in nodes:
         others = {_address(n.host) for n in nodes if n is not node}
         complete = node.wait(lambda r: r["kind"] == "fabric"
@@ -691,11 +731,8 @@ def test_cold_start_three_nodes_find_each_other_by_scan(lan, lan_nodes) -> None:
         assert set(complete["payload"]["other_addresses"]) == others
         assert complete["payload"]["my_address"] == _address(node.host)
         status = node.status()
-        assert status["recce_seconds"] < ARP_TIMEOUT + 1.0, status
+        assert ARP_TIMEOUT <= status["recce_seconds"] < ARP_TIMEOUT + 10.0, status
         assert status["scans"] == 1 and status["cache_hits"] == 0
-        for other in others:
-            node.wait(lambda r, o=other: r["kind"] == "peer" and r["signal"] == "PEER_JOINED"
-                      and r["address"] == f"{o}:5672", 10, f"PEER_JOINED {other}")
     # events flow between all three
     for node in nodes:
         node.command(f"SEND hello from {node.name}")
@@ -714,42 +751,44 @@ def test_cold_start_three_nodes_find_each_other_by_scan(lan, lan_nodes) -> None:
 
 
 @pytest.mark.netns
-def test_warm_start_with_a_fresh_cache_does_not_scan(lan, lan_nodes) -> None:
-    start = lan_nodes["start"]
-    lan_nodes["n1"].stop()
-    warm = start(1, "n1_warm", "--greet", workdir="n1")
-    first = warm.wait(lambda r: r["kind"] == "first_reply", 10, "first reply")
-    assert first["t"] < 1.0, first  # a new node exchanges its first event in under 1 s
+def test_warm_start_with_a_fresh_cache_does_not_scan(trio, lan_nodes) -> None:
+    n1 = trio[0]
+    wait_for(lambda: (n1.workdir / ".miros_rabbitmq_lan_cache.json").exists(), 10,
+             message="n1's LAN cache")
+    n1.stop()
+    warm = lan_nodes["start"](1, "n1_warm", "--greet", workdir="n1")
+    first = warm.wait(lambda r: r["kind"] == "first_reply", 20, "first reply")
+    # the scan waits ARP_TIMEOUT at least: a warm node answers without one (speed:
+    # benchmarks/discovery.py)
     status = warm.status()
     assert status["scans"] == 0 and status["cache_hits"] == 1 and status["searches"] == 0
     assert not [r for r in warm.kinds("fabric") if r["signal"] == "RECCE_LAN"]
     discovered = [r for r in warm.kinds("fabric") if r["signal"] == "CONNECTION_DISCOVERY"
                   and r["payload"]["dispatcher"] == "lan_chart"]
     assert sorted(discovered[0]["payload"]["hosts"]) == [_address(2), _address(3)]
+    assert first["t"] < 30, first
 
 
 @pytest.mark.netns
-def test_a_fourth_node_is_found_by_its_scan_and_as_an_alien(lan, lan_nodes) -> None:
-    start = lan_nodes["start"]
-    fourth = start(4, "n4", "--greet", "--reply")
+def test_a_fourth_node_is_found_by_its_scan_and_as_an_alien(trio, lan_nodes) -> None:
+    fourth = lan_nodes["start"](4, "n4", "--greet", "--reply")
     complete = fourth.wait(lambda r: r["kind"] == "fabric"
                            and r["signal"] == "LAN_RECCE_COMPLETE", 20, "recce")
     assert sorted(complete["payload"]["other_addresses"]) == [_address(i) for i in (1, 2, 3)]
     fourth.wait(lambda r: r["kind"] == "first_reply", 10, "first reply")
     # the others never scanned again: they learnt of n4 when it messaged them (aliens)
-    for name in ("n1_warm", "n2", "n3"):
-        node = lan_nodes[name]
-        node.wait(lambda r: r["kind"] == "peer" and r["signal"] == "PEER_JOINED"
-                  and r["address"] == f"{_address(4)}:5672", 10, "PEER_JOINED n4")
-        node.command(f"SEND {name} greets n4")
-        fourth.heard_from(name)
-        assert node.status()["scans"] in (0, 1)
+    for node in trio:
+        _joined(node, _address(4), 10)
+        node.command(f"SEND {node.name} greets n4")
+        fourth.heard_from(node.name)
+        assert node.status()["scans"] == 1
 
 
 @pytest.mark.netns
-def test_a_stopped_broker_is_retired_and_its_return_noticed(lan, lan_nodes) -> None:
+def test_a_stopped_broker_is_retired_and_its_return_noticed(lan, quartet) -> None:
+    n1, n2, n3, n4 = quartet
     broker = lan.broker(2)
-    watchers = [lan_nodes[name] for name in ("n1_warm", "n3", "n4")]
+    watchers = [n1, n3, n4]
     gone = f"{_address(2)}:5672"
     broker.stop_app()
     try:
@@ -763,15 +802,15 @@ def test_a_stopped_broker_is_retired_and_its_return_noticed(lan, lan_nodes) -> N
         broker.start_app()
     for node in watchers:  # scouted again with backoff: joined a second time
         node.wait(lambda r, n=node: _count(n, "PEER_JOINED", gone) >= 2, 40, "PEER_JOINED again")
-    n2 = lan_nodes["n2"]
     watchers[0].command("SEND are you back")
     n2.wait(lambda r: r["kind"] == "recv" and r["payload"].get("text") == "are you back", 20,
             "the event after the return")
 
 
 @pytest.mark.netns
-def test_an_unplugged_peer_is_noticed_by_missed_heartbeats_and_comes_back(lan, lan_nodes) -> None:
-    watchers = [lan_nodes[name] for name in ("n1_warm", "n2", "n3")]
+def test_an_unplugged_peer_is_noticed_by_missed_heartbeats_and_comes_back(lan, quartet) -> None:
+    n1, n2, n3, n4 = quartet
+    watchers = [n1, n2, n3]
     gone = f"{_address(4)}:5672"
 
     before = {node.name: (_count(node, "PEER_LEFT", gone), _count(node, "PEER_JOINED", gone))
@@ -787,8 +826,8 @@ def test_an_unplugged_peer_is_noticed_by_missed_heartbeats_and_comes_back(lan, l
         node.wait(lambda r, n=node: _count(n, "PEER_JOINED", gone) > before[n.name][1], 40,
                   "PEER_JOINED after the replug")
     watchers[0].command("SEND n4 are you there")
-    lan_nodes["n4"].wait(lambda r: r["kind"] == "recv"
-                         and r["payload"].get("text") == "n4 are you there", 20, "the event")
+    n4.wait(lambda r: r["kind"] == "recv" and r["payload"].get("text") == "n4 are you there", 20,
+            "the event")
 
 
 def test_discovery_config_paths_are_absolute_and_no_secret_shows(caplog, mesh_env) -> None:

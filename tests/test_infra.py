@@ -1,4 +1,4 @@
-"""The test infrastructure itself: miros_rabbitmq.testing and tests/netlab.py."""
+"""The test infrastructure itself: miros_rabbitmq.testing, tests/rabbit_node.py, tests/netlab.py."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pika
 import pytest
+import rabbit_node as rn
 from cryptography.fernet import Fernet
 from netlab import VirtualLan, list_netns
+from prereq import need_command, need_rabbitmq_server
+from rabbit_node import RabbitNode
 
 from miros_rabbitmq import testing as mrt
-from miros_rabbitmq.testing import EventRecorder, RabbitNode, ThreadWatcher, wait_for
+from miros_rabbitmq.testing import EventRecorder, ThreadWatcher, recording_state, wait_for
 
 # ----------------------------------------------------------------- helpers
 
@@ -67,6 +70,87 @@ def test_thread_watcher_names_a_leaked_thread_and_ignores_miros_singletons() -> 
         leak.join()
         fabric_like.join()
     watcher.check(grace=0.1)
+
+
+def test_recording_state_and_wait_for_event_see_what_a_chart_receives() -> None:
+    from miros import ActiveObject, Event, signals
+
+    rec = EventRecorder()
+    chart = ActiveObject("recording_probe")
+    chart.start_at(recording_state(rec, ["probe_hello"]))
+    try:
+        chart.post_fifo(Event(signal=signals.probe_other, payload=0))
+        for n in (1, 2):
+            chart.post_fifo(Event(signal=signals.probe_hello, payload=n))
+        assert rec.wait_for_event("probe_hello", where=lambda p: p == 2).payload == 2
+        assert [e.payload for e in rec.items] == [1, 2]  # probe_other was not recorded
+        with pytest.raises(AssertionError, match="an event probe_never"):
+            rec.wait_for_event("probe_never", timeout=0.05)
+    finally:
+        chart.stop()
+
+
+def test_the_user_plugin_ships_no_root_or_broker_machinery() -> None:
+    """What every user's pytest loads (pytest11) holds only the user helpers."""
+    import importlib.metadata
+
+    import miros_rabbitmq.testing.plugin as plugin
+
+    (entry,) = [e for e in importlib.metadata.entry_points(group="pytest11")
+                if e.name == "miros_rabbitmq"]
+    assert entry.value == "miros_rabbitmq.testing.plugin"
+    fixtures = {name for name, value in vars(plugin).items()
+                if hasattr(value, "_pytestfixturefunction") or "fixture" in type(value).__name__.lower()}
+    assert fixtures == {"rabbitmq_url", "mesh_env", "event_recorder", "no_thread_leaks"}, fixtures
+    shipped = Path(mrt.__file__).parent
+    text = "\n".join(p.read_text() for p in shipped.glob("*.py"))
+    for word in ("RabbitNode", "setns", "netns", "SIGKILL", "rabbitmq-server", "geteuid"):
+        assert word not in text, word
+    # importable without pytest (a user's production environment)
+    code = ("import sys; sys.modules['pytest'] = None; import miros_rabbitmq.testing as t; "
+            "import miros_rabbitmq.testing.plugin; print(sorted(t.__all__))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "wait_for" in done.stdout, done.stderr
+
+
+# a probe run in a child pytest by the test below, never collected in a normal run
+_PROBE = os.environ.get("MIROS_RABBITMQ_PREREQ_PROBE")
+if _PROBE == "missing":
+
+    def test_prereq_probe() -> None:
+        from prereq import missing
+
+        missing("the frobnicator (Debian package frobnicate)")
+
+elif _PROBE == "skip":
+
+    def test_prereq_probe() -> None:
+        pytest.skip("a skip from somewhere")
+
+
+def _probe_run(kind: str, ci: bool) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "MIROS_RABBITMQ_REQUIRE_BROKER")}
+    env["MIROS_RABBITMQ_PREREQ_PROBE"] = kind
+    if ci:
+        env["CI"] = "true"
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+         f"{__file__}::test_prereq_probe"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).parent.parent)
+
+
+def test_a_missing_prerequisite_fails_under_ci_and_skips_elsewhere() -> None:
+    under_ci = _probe_run("missing", ci=True)
+    assert under_ci.returncode == 1, under_ci.stdout
+    assert "prerequisite missing under CI: the frobnicator" in under_ci.stdout
+    outside = _probe_run("missing", ci=False)
+    assert outside.returncode == 0, outside.stdout
+    assert "skipped: 1" in outside.stdout
+    # any other skip fails a CI run too, and the summary says how many
+    skip = _probe_run("skip", ci=True)
+    assert skip.returncode == 1, skip.stdout
+    assert "skipped: 1 (zero expected under CI)" in skip.stdout
+    assert "zero skips are expected" in skip.stdout
 
 
 @pytest.fixture
@@ -150,20 +234,19 @@ def test_extra_node_stop_app_and_start_app(extra_rabbitmq_node) -> None:
 
 
 def test_a_node_of_a_dead_test_process_is_cleaned_up_and_close_removes_its_data() -> None:
-    if not os.path.exists(mrt.RABBITMQ_SERVER):
-        pytest.skip("rabbitmq-server is not installed")
+    need_rabbitmq_server()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    node = RabbitNode(f"{mrt.NODE_PREFIX}{dead.pid}-stray")
+    node = RabbitNode(f"{rn.NODE_PREFIX}{dead.pid}-stray")
     try:
         node.start()
         assert node.answers()
         base_dir = node.base_dir
-        assert node.name in mrt._marked_nodes().values()
+        assert node.name in rn._marked_nodes().values()
         # the next test run finds it by its name and ends it: its "owner" is dead
-        assert node.name in mrt.cleanup_stray_nodes()
+        assert node.name in rn.cleanup_stray_nodes()
         wait_for(
-            lambda: node.name not in mrt._marked_nodes().values(), 10, message="the stray to end"
+            lambda: node.name not in rn._marked_nodes().values(), 10, message="the stray to end"
         )
         assert not node.answers(0.5)
     finally:
@@ -173,8 +256,7 @@ def test_a_node_of_a_dead_test_process_is_cleaned_up_and_close_removes_its_data(
 
 
 def test_a_rabbit_node_refuses_a_taken_port(rabbitmq_url) -> None:
-    if not os.path.exists(mrt.RABBITMQ_SERVER):
-        pytest.skip("rabbitmq-server is not installed")
+    need_rabbitmq_server()
     with pytest.raises(RuntimeError, match="already taken"):
         RabbitNode(port=5672).start()
 
@@ -188,8 +270,7 @@ def _lan_namespaces(lan_id: str) -> list[str]:
 
 @pytest.mark.netns
 def test_virtual_lan_hosts_reach_each_other_and_teardown_removes_everything() -> None:
-    if subprocess.run(["sh", "-c", "command -v ping"], capture_output=True).returncode != 0:
-        pytest.skip("ping (iputils-ping) is not installed: scripts/ensure_os_packages.sh")
+    need_command("ping", "iputils-ping")
     lan = VirtualLan("10.231.0.0/24", hosts=3, ignore_broadcasts={3: False})
     with lan:
         assert sorted(_lan_namespaces(lan.id)) == sorted(
@@ -238,8 +319,7 @@ def test_virtual_lan_teardown_after_a_failure() -> None:
 
 @pytest.mark.netns
 def test_brokers_in_namespaces_are_reached_over_the_lan(record_property) -> None:
-    if not os.path.exists(mrt.RABBITMQ_SERVER):
-        pytest.skip("rabbitmq-server is not installed")
+    need_rabbitmq_server()
     started = time.monotonic()
     with VirtualLan("10.233.0.0/24", hosts=3, with_brokers={1, 2}) as lan:
         both = time.monotonic() - started
@@ -279,7 +359,7 @@ def test_brokers_in_namespaces_are_reached_over_the_lan(record_property) -> None
         lan.broker(1).start_app()
         assert lan.call(3, mrt.amqp_ping, lan.address(1), 5672, 1.0)
     assert _lan_namespaces(lan.id) == []
-    assert not set(node_names) & set(mrt._marked_nodes().values())
+    assert not set(node_names) & set(rn._marked_nodes().values())
 
 
 @pytest.mark.netns

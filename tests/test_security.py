@@ -27,6 +27,7 @@ import pika
 import pytest
 from cryptography.fernet import Fernet, MultiFernet
 from miros import Event, signals
+from rabbit_node import RabbitNode, stop_nodes
 from tls_certs import Certificates, make_certificates
 
 from miros_rabbitmq.config import (
@@ -43,7 +44,7 @@ from miros_rabbitmq.mesh.challenge import SCOUT_EXCHANGE, Challenge, ScoutCreden
 from miros_rabbitmq.mesh.nets import MESH_EXCHANGE, MirosNets
 from miros_rabbitmq.payloads import ConnectionDiscoveryPayload
 from miros_rabbitmq.terminal import printable
-from miros_rabbitmq.testing import RabbitNode, free_port, stop_nodes, wait_for
+from miros_rabbitmq.testing import free_port, wait_for
 from miros_rabbitmq.transport import (
     LINKS,
     PROBER,
@@ -245,8 +246,9 @@ class TlsNode:
 def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsNode]:
     """A RabbitMQ node with a plain listener and a TLS one (client certificates
     required), and a scout account allowed to publish to the scout exchange only."""
-    if not os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"):
-        pytest.skip("rabbitmq-server is not installed")
+    from prereq import need_rabbitmq_server
+
+    need_rabbitmq_server()
     tls_port = free_port()
     node = RabbitNode(f"security-tls-{os.getpid()}")
     certs = make_certificates(node.base_dir / "certs")  # chowned to the node's user with it
@@ -828,8 +830,9 @@ REAL_PASSWORD = "real-" + uuid.uuid4().hex
 def bare_node() -> Iterator[RabbitNode]:
     """A RabbitMQ node without the scout account (a broker nobody prepared), whose
     only user is REAL_USER."""
-    if not os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"):
-        pytest.skip("rabbitmq-server is not installed")
+    from prereq import need_rabbitmq_server
+
+    need_rabbitmq_server()
     node = RabbitNode(f"security-bare-{os.getpid()}", username=REAL_USER, password=REAL_PASSWORD,
                       scout_account=False)
     try:

@@ -94,7 +94,9 @@ def test_single_publish_on_an_idle_link_goes_out_without_the_io_thread(link) -> 
     inbox = Inbox()
     consumer = consume(link, exchange, "one", inbox)
     assert link.flush(5)
-    time.sleep(0.05)  # the loop is back in its wait for the network
+    loop = link._ioloop  # it holds its lock whenever it runs, not while it waits
+    wait_for(lambda: loop._poller.may_join() and not loop.lock.locked(), timeout=5,
+             message="the I/O loop back in its wait for the network")
     before = link.stats
     assert link.publish(exchange, "one", b"direct")
     assert wait_for(lambda: inbox.count() == 1, timeout=5)

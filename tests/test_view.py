@@ -208,10 +208,15 @@ def test_snoop_record_writes_what_view_replay_draws(ring: dict[str, Proc], mesh_
 
 def _browser(tmp_path: Any) -> Any:
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
+    from prereq import missing as prerequisite_missing
+
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (scripts/ensure_os_packages.sh "
-                    "installs Debian's chromium and chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
+        prerequisite_missing(f"{', '.join(missing)} (scripts/ensure_os_packages.sh installs "
+                             "Debian's chromium and chromium-driver)")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        prerequisite_missing("selenium (the package's test extra: make venv)")
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

@@ -1,12 +1,15 @@
 """Every use of pika's private parts, in one place.
 
-Two speed-ups rest on pika internals (pika 1.3/1.4):
+Two speed-ups and one pika bug fix rest on pika internals (pika 1.3/1.4):
 
 * :class:`SharedLoop` / :class:`_SharedPoller`: the I/O loop another thread
   may briefly join to write a message at once, instead of handing it to the
   I/O thread (a wake-up and a pass of the loop: ~100 us);
 * :class:`GlueConnection`: a message's frames written with one ``send(2)``
-  straight to the socket, instead of three writes on the loop's next pass.
+  straight to the socket, instead of three writes on the loop's next pass;
+* :class:`AbortableConnection`: ``close()`` while the AMQP handshake is under
+  way (a port that took the TCP connection and never answers) ends the
+  connection instead of failing an assertion inside the I/O loop.
 
 Each private attribute they need is checked when this module is imported
 (and the loop's instance attributes when a loop is made). When one is
@@ -38,6 +41,7 @@ from miros_rabbitmq.wire.names import CONTENT_TYPE
 
 __all__ = [
     "GLUE_ENABLED",
+    "AbortableConnection",
     "GlueConnection",
     "SharedLoop",
     "PERSISTENT",
@@ -304,7 +308,30 @@ class SharedLoop(IOLoop):
             self._poller.wake_threadsafe()
 
 
-class GlueConnection(pika.SelectConnection):
+class AbortableConnection(pika.SelectConnection):
+    """pika's SelectConnection that can be closed while its AMQP handshake is under way.
+
+    ``close()`` is pika's way to abandon a connection that is still opening.
+    When it comes after the TCP connection is up but before the broker has
+    finished the handshake (a port that took the connection and never speaks
+    AMQP), pika 1.3/1.4's connection workflow reports the abort with the
+    *class* ``AMQPConnectionWorkflowAborted`` instead of an instance
+    (``AMQPConnectionWorkflow._on_connector_done``), and
+    ``BaseConnection._on_connection_workflow_done`` fails an assertion on it.
+    The AssertionError escapes from the I/O loop's pass: pika logs
+    "protocol.connection_lost(None) failed", the loop's ``start()`` raises,
+    and a ``stop()`` asked for in that pass is lost. Handing pika the
+    instance it meant makes the abort take pika's own "aborted" path. A pika
+    that passes an instance (or renamed the method) never reaches this code.
+    """
+
+    def _on_connection_workflow_done(self, conn_or_exc: Any) -> None:
+        if isinstance(conn_or_exc, type) and issubclass(conn_or_exc, BaseException):
+            conn_or_exc = conn_or_exc()
+        super()._on_connection_workflow_done(conn_or_exc)
+
+
+class GlueConnection(AbortableConnection):
     """pika's SelectConnection, writing each message straight to its socket.
 
     pika gives the method, header and body frames of a message to its

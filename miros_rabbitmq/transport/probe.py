@@ -28,6 +28,7 @@ from pika.adapters.utils.connection_workflow import (
 
 from miros_rabbitmq.transport._pika_glue import (
     CONTENT_TYPE,
+    AbortableConnection,
     IOLoop,
     SelectorIOServicesAdapter,
     describe_error,
@@ -114,6 +115,9 @@ def _is_direct_reply_to(reply_to: Any) -> bool:
 
 
 PROBE_CLOSE_GRACE = 2.0  # seconds a finished probe waits for its broker's Close-Ok
+# pika's own connect timeouts come this long after the probe's deadline: the probe's
+# deadline always ends a connection first (one quiet abort, not pika's timeout path)
+PIKA_TIMEOUT_SLACK = 1.0
 #: a probe's reason when the port took the connection but no answer came in time
 TIMEOUT_AFTER_CONNECT = "timeout (the port answered; no node holding our key did)"
 
@@ -182,6 +186,7 @@ class Probe:
         self._connection: Any = None
         self._channel: Any = None
         self._timer: Any = None
+        self._grace_timer: Any = None
         self._pending: Any = None  # a resolution or a TCP connect under way
         self._sock: socket.socket | None = None
         self._addresses: list[Any] = []
@@ -268,7 +273,7 @@ class Probe:
         if self.result is not None:
             return
         self._target = target[0]
-        remaining = max(0.001, self._remaining())
+        remaining = max(0.001, self._remaining()) + PIKA_TIMEOUT_SLACK
         parameters = pika.ConnectionParameters(
             host=target[0],
             port=self.address.port,
@@ -282,7 +287,9 @@ class Probe:
             blocked_connection_timeout=remaining,
             client_properties={"connection_name": "miros-rabbitmq-probe"},
         )
-        self._connection = pika.SelectConnection(
+        # close() may come while the AMQP handshake is under way (a port that took
+        # the connection and never answers): AbortableConnection survives that
+        self._connection = AbortableConnection(
             parameters,
             on_open_callback=self._guarded(self._on_open),
             on_open_error_callback=self._guarded(self._on_open_error),
@@ -384,12 +391,16 @@ class Probe:
                 self._release()
                 return
         # a broker that never sends Close-Ok must not hold the probe forever
-        self._loop.call_later(PROBE_CLOSE_GRACE, self._release)
+        if self._grace_timer is None:
+            self._grace_timer = self._loop.call_later(PROBE_CLOSE_GRACE, self._release)
 
     def _release(self) -> None:
         if self.closed.is_set():
             return
         self.closed.set()
+        if self._grace_timer is not None:
+            self._loop.remove_timeout(self._grace_timer)
+            self._grace_timer = None
         self._connection = None
         self._channel = None
         self._prober._released(self._loop)
@@ -506,8 +517,7 @@ class Prober:
         if last:
             loop.stop()
 
-    @staticmethod
-    def _run(loop: IOLoop) -> None:
+    def _run(self, loop: IOLoop) -> None:
         mark_io_thread()
         try:
             while True:
@@ -515,7 +525,14 @@ class Prober:
                     loop.start()
                     return
                 except Exception:  # pragma: no cover - the probes guard their callbacks
-                    logger.exception("prober I/O loop failed; restarting it")
+                    # start() forgets a stop() asked for in the failed pass: a loop the
+                    # last probe has let go must end, not run on with nothing to do
+                    with self._lock:
+                        orphaned = self._loop is not loop
+                    logger.exception("prober I/O loop failed; %s",
+                                     "ending it" if orphaned else "restarting it")
+                    if orphaned:
+                        return
         finally:
             try:
                 loop.close()

@@ -1,28 +1,16 @@
-"""Test helpers for code built on miros_rabbitmq, and a pytest plugin.
+"""Extra RabbitMQ nodes and network namespaces: the project's own test machinery.
 
-Installed with the package, pytest loads this module through the ``pytest11``
-entry point, so a project that depends on ``miros-rabbitmq`` gets these
-fixtures without a line of set-up:
+Not shipped to users (it needs Debian's ``rabbitmq-server``, and root for
+namespaces). tests/conftest.py turns it into the fixtures
+``rabbit_node_factory`` and ``extra_rabbitmq_node``; tests/netlab.py builds
+virtual LANs on it; benchmarks import it through ``sys.path``.
 
-``rabbitmq_url`` (session)
-    AMQP URL of the local broker (``MIROS_RABBITMQ_TEST_URL``, default
-    ``amqp://guest:guest@127.0.0.1:5672/%2F``); the test is skipped, with the
-    reason, when nothing answers there (fails instead when
-    ``MIROS_RABBITMQ_REQUIRE_BROKER=1``).
-``rabbit_node_factory`` (session)
-    ``factory(**RabbitNode kwargs) -> RabbitNode``: starts extra RabbitMQ nodes
-    ("other machines"); every node it made is stopped at the end of the session.
-``extra_rabbitmq_node`` (session)
-    One more started :class:`RabbitNode` on free ports of 127.0.0.1.
-``mesh_env``
-    A fresh ``.env``-style environment (credentials, three Fernet keys, LAN
-    discovery off) and a clean working folder.
-``no_thread_leaks``
-    Fails the test if it leaves threads running (see :class:`ThreadWatcher`).
-
-The module imports nothing but the standard library at import time: pytest,
-pika and cryptography are imported when used, so ``import
-miros_rabbitmq.testing`` works where pytest is not installed.
+* :class:`RabbitNode` — one more broker ("another machine") on free ports,
+  optionally inside a network namespace, started as the ``rabbitmq`` user;
+* :func:`start_nodes` / :func:`stop_nodes` — several at once;
+* :func:`cleanup_stray_nodes` — ends nodes of a test process that died;
+* :func:`run_in_netns`, :func:`netns_pids`, :func:`amqp_ping` (from inside a
+  namespace).
 """
 
 from __future__ import annotations
@@ -34,44 +22,29 @@ import os
 import re
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+
+from miros_rabbitmq.testing import free_port, wait_for
+from miros_rabbitmq.testing.network import _amqp_ping
 
 __all__ = [
-    "DEFAULT_TEST_URL",
-    "EventRecorder",
     "RabbitNode",
-    "ThreadWatcher",
     "amqp_ping",
-    "broker_answers",
     "cleanup_stray_nodes",
-    "closed_ports",
-    "free_port",
-    "local_broker_url",
-    "masked_url",
-    "mesh_environment",
     "netns_pids",
     "run_in_netns",
     "start_nodes",
     "stop_nodes",
-    "wait_for",
 ]
 
 T = TypeVar("T")
-
-DEFAULT_TEST_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-TEST_URL_ENV = "MIROS_RABBITMQ_TEST_URL"
-#: set (to anything but "" or "0") to fail instead of skip when the broker is down
-REQUIRE_BROKER_ENV = "MIROS_RABBITMQ_REQUIRE_BROKER"
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
@@ -88,203 +61,12 @@ _NETNS_DIR = Path("/run/netns")
 _CLONE_NEWNET = 0x40000000
 
 
-# --------------------------------------------------------------------- waiting
-
-
-def wait_for(
-    predicate: Callable[[], T],
-    timeout: float = 5.0,
-    interval: float = 0.01,
-    message: str | None = None,
-) -> T:
-    """Call ``predicate`` until it returns a truthy value and return that value.
-
-    Raises ``AssertionError`` (naming ``message``, or the predicate, and the last
-    value or exception seen) when ``timeout`` seconds pass first. Exceptions the
-    predicate raises count as "not yet".
-    """
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = predicate()
-        except Exception as exc:  # noqa: BLE001 - a failing predicate means "not yet"
-            last = exc
-        else:
-            if value:
-                return value
-            last = value
-        if time.monotonic() >= deadline:
-            what = message or getattr(predicate, "__name__", repr(predicate))
-            raise AssertionError(
-                f"timed out after {timeout:g} s waiting for {what} (last: {last!r})"
-            )
-        time.sleep(interval)
-
-
-class EventRecorder:
-    """A thread-safe list that tests can wait on.
-
-    Call it (or ``record``) from any thread — a chart's state, a consumer
-    callback, a subprocess reader — and wait in the test::
-
-        rec = EventRecorder()
-        ...
-        rec.wait_for_count(3)
-        rec.wait_until(lambda items: "done" in items)
-    """
-
-    def __init__(self) -> None:
-        self._items: list[Any] = []
-        self._cond = threading.Condition()
-
-    def record(self, item: Any) -> None:
-        with self._cond:
-            self._items.append(item)
-            self._cond.notify_all()
-
-    __call__ = record
-
-    @property
-    def items(self) -> list[Any]:
-        with self._cond:
-            return list(self._items)
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._items)
-
-    def clear(self) -> None:
-        with self._cond:
-            self._items.clear()
-
-    def wait_until(
-        self, condition: Callable[[list[Any]], object], timeout: float = 5.0, message: str = ""
-    ) -> list[Any]:
-        """Block until ``condition(items)`` is truthy; return a copy of the items."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not condition(self._items):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(
-                        f"timed out after {timeout:g} s waiting for {message or 'condition'}; "
-                        f"recorded: {self._items!r}"
-                    )
-                self._cond.wait(remaining)
-            return list(self._items)
-
-    def wait_for_count(self, count: int, timeout: float = 5.0) -> list[Any]:
-        return self.wait_until(lambda items: len(items) >= count, timeout, f"{count} items")
-
-
-# --------------------------------------------------------------------- threads
-
-#: names (regular expressions) of threads that live as long as the process:
-#: the miros active fabric (fifo and lifo) and miros's InstrumentionWriter.
-#: Projects may append their own process-wide threads.
-PERSISTENT_THREAD_PATTERNS: list[str] = [
-    r"fifo active fabric",
-    r"lifo active fabric",
-    r"Thread-\d+ \(thread_runner\)",
-]
-
-
-class ThreadWatcher:
-    """Notes the threads alive now; ``leaked()`` names the new ones still alive.
-
-    Threads whose name fully matches one of ``allowed`` (regular expressions;
-    default :data:`PERSISTENT_THREAD_PATTERNS`) are ignored.
-    """
-
-    def __init__(self, allowed: Iterable[str] | None = None) -> None:
-        self.allowed = [
-            re.compile(p) for p in (PERSISTENT_THREAD_PATTERNS if allowed is None else allowed)
-        ]
-        self.before = set(threading.enumerate())
-
-    def _new(self) -> list[threading.Thread]:
-        return [
-            t
-            for t in threading.enumerate()
-            if t not in self.before
-            and t.is_alive()
-            and not any(p.fullmatch(t.name) for p in self.allowed)
-        ]
-
-    def leaked(self, grace: float = 2.0) -> list[threading.Thread]:
-        """New threads still alive after waiting up to ``grace`` seconds for them to end."""
-        deadline = time.monotonic() + grace
-        while True:
-            new = self._new()
-            if not new or time.monotonic() >= deadline:
-                return new
-            for t in new:
-                t.join(max(0.0, min(0.05, deadline - time.monotonic())))
-
-    def check(self, grace: float = 2.0) -> None:
-        """Raise ``AssertionError`` naming the leaked threads."""
-        new = self.leaked(grace)
-        if new:
-            names = ", ".join(f"{t.name!r} (daemon={t.daemon})" for t in new)
-            raise AssertionError(f"{len(new)} thread(s) still running after the test: {names}")
-
-
-# --------------------------------------------------------------------- network
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def closed_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports nobody listens on (the kernel handed them out and took them back)."""
-    sockets = []
-    for _ in range(count):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind((host, 0))
-        sockets.append(sock)
-    ports = [int(sock.getsockname()[1]) for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-_AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
-
-
-def _amqp_ping(host: str, port: int, timeout: float) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
-            s.settimeout(timeout)
-            s.sendall(_AMQP_HEADER)
-            data = b""
-            while len(data) < 11:
-                chunk = s.recv(11 - len(data))
-                if not chunk:
-                    return False
-                data += chunk
-    except OSError:
-        return False
-    frame_type, channel, _size, class_id, method_id = struct.unpack("!BHIHH", data)
-    return frame_type == 1 and channel == 0 and (class_id, method_id) == (10, 10)
-
-
 def amqp_ping(host: str, port: int = 5672, timeout: float = 1.0, netns: str | None = None) -> bool:
     """True when an AMQP 0-9-1 broker answers at host:port with ``connection.start``.
 
     With ``netns`` the probe is made from inside that network namespace.
     """
     return run_in_netns(netns, _amqp_ping, host, port, timeout)
-
-
-def broker_answers(url: str, timeout: float = 1.0) -> bool:
-    """``amqp_ping`` for an ``amqp://`` URL."""
-    parts = urlsplit(url)
-    return amqp_ping(parts.hostname or "127.0.0.1", parts.port or 5672, timeout)
 
 
 def _netns_path(name: str) -> Path:
@@ -886,130 +668,3 @@ def stop_nodes(nodes: Iterable[RabbitNode], timeout: float = 10.0) -> None:
                 pass
     for node in nodes:
         node.stop(timeout)
-
-
-# ---------------------------------------------------------------- pytest plugin
-
-
-def _url_parts(url: str) -> tuple[str, int, str, str]:
-    parts = urlsplit(url)
-    return (
-        parts.hostname or "127.0.0.1",
-        parts.port or 5672,
-        unquote(parts.username or "guest"),
-        unquote(parts.password or "guest"),
-    )
-
-
-def local_broker_url() -> str:
-    """The local broker URL the tests use (``MIROS_RABBITMQ_TEST_URL`` or the default)."""
-    return os.environ.get(TEST_URL_ENV) or DEFAULT_TEST_URL
-
-
-def masked_url(url: str) -> str:
-    """``url`` with its password replaced by ``******`` (for messages)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":******@", 1)
-    return parts._replace(netloc=netloc).geturl()
-
-
-def mesh_environment(port: int | None = None) -> dict[str, str]:
-    """The variables ``mesh_env`` sets: guest credentials, fresh Fernet keys, no LAN scan."""
-    from cryptography.fernet import Fernet
-
-    host, url_port, user, password = _url_parts(local_broker_url())
-    values = {
-        "RABBIT_USER": user,
-        "RABBIT_PASSWORD": password,
-        "RABBIT_PORT": str(port or url_port),
-        "MESH_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-        "SNOOP_TRACE_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-        "SNOOP_SPY_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-        "MIROS_RABBITMQ_LAN_DISCOVERY": "0",
-    }
-    if host not in ("127.0.0.1", "localhost"):
-        values["RABBIT_HOST"] = host
-    return values
-
-
-#: variables of the outer environment that ``mesh_env`` removes so they cannot leak in
-MESH_ENV_CLEARED = (
-    "RABBIT_HOST",
-    "RABBIT_HEARTBEAT_INTERVAL",
-    "CONNECTION_ATTEMPTS",
-    "MIROS_RABBITMQ_ENV_FILE",
-)
-
-
-try:
-    import pytest as _pytest
-except ImportError:  # pragma: no cover - the helpers above work without pytest
-    _pytest = None  # type: ignore[assignment]
-
-
-if _pytest is not None:
-
-    @_pytest.fixture(scope="session")
-    def rabbitmq_url() -> str:
-        """AMQP URL of the local broker; skips the test when nothing answers there."""
-        url = local_broker_url()
-        if not broker_answers(url, timeout=2.0):
-            if os.environ.get(REQUIRE_BROKER_ENV, "") not in ("", "0"):
-                _pytest.fail(
-                    f"no AMQP broker answers at {masked_url(url)} and {REQUIRE_BROKER_ENV} is set"
-                )
-            _pytest.skip(
-                f"no AMQP broker answers at {masked_url(url)} (set {TEST_URL_ENV} "
-                "or start one: scripts/ensure_rabbitmq.sh, `make test`)"
-            )
-        return url
-
-    @_pytest.fixture(scope="session")
-    def rabbit_node_factory() -> Iterator[Callable[..., RabbitNode]]:
-        """``factory(**kwargs) -> started RabbitNode``; all are stopped at session end."""
-        if not os.path.exists(RABBITMQ_SERVER):
-            _pytest.skip(f"{RABBITMQ_SERVER} not found: extra RabbitMQ nodes need rabbitmq-server")
-        made: list[RabbitNode] = []
-
-        def factory(timeout: float = 90.0, **kwargs: Any) -> RabbitNode:
-            node = RabbitNode(**kwargs)
-            made.append(node)
-            return node.start(timeout)
-
-        try:
-            yield factory
-        finally:
-            stop_nodes(made)
-            for node in made:
-                node.close()
-
-    @_pytest.fixture(scope="session")
-    def extra_rabbitmq_node(rabbit_node_factory: Callable[..., RabbitNode]) -> RabbitNode:
-        """A second RabbitMQ node on free ports of 127.0.0.1 ("another machine")."""
-        return rabbit_node_factory()
-
-    @_pytest.fixture
-    def mesh_env(tmp_path: Path, monkeypatch: Any) -> dict[str, str]:
-        """Set the .env variables of a node (fresh keys, LAN discovery off) and chdir to tmp_path.
-
-        Nothing from an outer ``.env``, hosts file or LAN cache is read: the test runs
-        in an empty folder, and the variables of :data:`MESH_ENV_CLEARED` are unset
-        (``RABBIT_HOST`` is set only when ``MIROS_RABBITMQ_TEST_URL`` names another
-        host). Returns the variables set.
-        """
-        for key in MESH_ENV_CLEARED:
-            monkeypatch.delenv(key, raising=False)
-        values = mesh_environment()
-        for key, value in values.items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.chdir(tmp_path)
-        return values
-
-    @_pytest.fixture
-    def no_thread_leaks() -> Iterator[ThreadWatcher]:
-        """Fail the test if threads it started are still running 2 s after it ends."""
-        watcher = ThreadWatcher()
-        yield watcher
-        watcher.check()
