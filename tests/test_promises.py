@@ -201,11 +201,6 @@ def test_stop_flushes_what_is_pending(mesh_env, extra_rabbitmq_node, monkeypatch
         receiver.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug found by this test (after the transport merge): NetworkedActiveObject.stop() "
-    "cancels its consumers with stop_consuming() (queues kept), so the later "
-    "nets.stop() delete finds no consumer and the chart's durable mesh queue stays "
-    "until x-expires (10 min). Remove this mark once fixed."))
 def test_stop_deletes_the_charts_queues(mesh_env, extra_rabbitmq_node, monkeypatch) -> None:
     node = extra_rabbitmq_node
     monkeypatch.setenv("RABBIT_PORT", str(node.port))
