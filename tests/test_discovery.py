@@ -391,8 +391,6 @@ def test_start_at_never_waits_and_a_dead_listed_host_never_blocks(make_node) -> 
     assert node.chart.other_urls() == []  # a dead host is never a peer
 
 
-
-
 @pytest.mark.broker
 def test_hosts_file_peer_events_both_ways_alien_and_peer_events(make_node,
                                                                 extra_rabbitmq_node) -> None:

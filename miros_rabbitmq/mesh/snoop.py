@@ -1,6 +1,6 @@
 """Snoop trace and snoop spy: the live instrumentation of every chart, on every node.
 
-Two of the three networks of a node (see SPEC, "The three networks") carry
+Two of the three networks of a node (docs/snoop.md) carry
 instrumentation instead of events:
 
 * ``snoop_trace`` (``miros.snoop.trace.exchange``, key ``snoop.trace``): one
