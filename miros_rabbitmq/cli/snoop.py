@@ -11,13 +11,11 @@ import re
 import signal
 import sys
 import threading
-import time
 from typing import Any
 
 import click
 
 from miros_rabbitmq.cli._common import Context, check_keys, fail, load, use_color
-from miros_rabbitmq.errors import Error
 
 _STAMPED = re.compile(r"^\[(?P<time>[^\]]+)\] \[(?P<chart>[^\]]*)\] ?(?P<text>.*)$")
 
@@ -69,7 +67,7 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, color_choice: bool | N
     when --count lines did not come within --duration.
     """
     from miros_rabbitmq.mesh import snoop as snooping
-    from miros_rabbitmq.transport import process_brokers
+    from miros_rabbitmq.view.live import ListenError, listen
 
     settings = load(ctx, require_mesh_key=False)  # the snoop keys are enough
     check_keys(settings, mesh=False)
@@ -77,10 +75,6 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, color_choice: bool | N
                 if wanted] or [snooping.TRACE, snooping.SPY]
     limit = 1 if once else count
     color = use_color(color_choice) and not as_json
-    try:
-        address, alternates = process_brokers(settings)  # the cluster, with failover
-    except Error as bad:  # a bad RABBIT_CLUSTER entry (the text shows no password)
-        fail(str(bad))
     recorder = _recorder(record_file)
     stop = threading.Event()
     printed = 0
@@ -101,28 +95,20 @@ def snoop(ctx: Context, want_trace: bool, want_spy: bool, color_choice: bool | N
 
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
-    listeners = [snooping.SnoopListener(
-        address, network,
-        settings.snoop_trace_keys if network == snooping.TRACE else settings.snoop_spy_keys,
-        color=color, heartbeat=settings.heartbeat, grep=names, write=write, alternates=alternates,
-        render=json_line if as_json else None,
-        tap=recorder.write if recorder is not None else None) for network in networks]
+    listeners: list[Any] = []
     try:
-        for listener in listeners:
-            listener.start(timeout=0)
-        deadline = time.monotonic() + connect_timeout
-        for listener in listeners:
-            while not listener.ready.wait(0.05):
-                link = listener.link
-                error = link.last_error if link is not None else None
-                if stop.is_set():
-                    return
-                refused = link is not None and link.auth_failed.is_set()
-                if time.monotonic() >= deadline or refused:
-                    fail(f"cannot listen at {address.url}: "
-                         f"{error or f'no answer within {connect_timeout:g} s'}")
+        try:
+            listeners = listen(
+                settings, recorder.write if recorder is not None else None, networks=networks,
+                timeout=connect_timeout, stop=stop.is_set, quiet=False, color=color,
+                grep=names, write=write, render=json_line if as_json else None)
+        except ListenError as error:
+            if stop.is_set():  # Ctrl-C while connecting
+                return
+            fail(str(error))
         what = " and ".join(n.replace("snoop_", "") for n in networks)
-        at = listeners[0].link.address.url if listeners[0].link is not None else address.url
+        link = listeners[0].link
+        at = link.address.url if link is not None else "?"  # the node in use, after failover
         click.echo(f"snooping on {what} at {at}"
                    + (f" (charts matching {', '.join(names)})" if names else "")
                    + (f" for {duration:g} s" if duration is not None else "; Ctrl-C to stop"),

@@ -1,4 +1,4 @@
-"""Joining the snoop networks without being a chart (``view``, ``list``, ``snoop --record``)."""
+"""Joining the snoop networks without being a chart (``snoop``, ``view``, ``list``)."""
 
 from __future__ import annotations
 
@@ -18,14 +18,17 @@ class ListenError(Error):
     """The local broker could not be joined (unreachable, credentials refused)."""
 
 
-def listen(settings: Settings, tap: Callable[[str, Any], None], *,
+def listen(settings: Settings, tap: Callable[[str, Any], None] | None, *,
            networks: Iterable[str] = (snooping.TRACE, snooping.SPY),
            timeout: float = 5.0, stop: Callable[[], bool] = lambda: False,
-           ) -> list[snooping.SnoopListener]:
-    """Quiet snoop listeners on the local broker handing every message to ``tap``.
+           quiet: bool = True, **options: Any) -> list[snooping.SnoopListener]:
+    """Snoop listeners on this process's broker handing every message to ``tap``.
 
-    Returns once all consume; raises :class:`ListenError` (listeners stopped)
-    when the broker does not answer within ``timeout`` or refuses us.
+    ``quiet`` (the default): they print nothing; ``options`` go to each
+    :class:`~miros_rabbitmq.mesh.snoop.SnoopListener` (``color``, ``grep``,
+    ``write``, ``render``, ...). Returns once all consume; raises
+    :class:`ListenError` (listeners stopped) when the broker does not answer
+    within ``timeout``, refuses us, or ``stop()`` turns true meanwhile.
     """
     # TLS and all, as the charts reach it; in cluster mode the cluster, with failover
     try:
@@ -35,7 +38,7 @@ def listen(settings: Settings, tap: Callable[[str, Any], None], *,
     listeners = [snooping.SnoopListener(
         address, network,
         settings.snoop_trace_keys if network == snooping.TRACE else settings.snoop_spy_keys,
-        heartbeat=settings.heartbeat, tap=tap, quiet=True, alternates=alternates)
+        heartbeat=settings.heartbeat, tap=tap, quiet=quiet, alternates=alternates, **options)
         for network in networks]
     try:
         for listener in listeners:
@@ -46,8 +49,7 @@ def listen(settings: Settings, tap: Callable[[str, Any], None], *,
                 link = listener.link
                 error = link.last_error if link is not None else None
                 refused = link is not None and link.auth_failed.is_set()
-                if stop() or time.monotonic() >= deadline or refused or (
-                        error and "credentials" in error):
+                if stop() or time.monotonic() >= deadline or refused:
                     raise ListenError(f"cannot listen at {address.url}: "
                                       f"{error or f'no answer within {timeout:g} s'}")
     except BaseException:
