@@ -21,10 +21,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-try:  # the tests helper moves RabbitNode out of the user plugin into tests/
-    from rabbit_node import RabbitNode, start_nodes, stop_nodes  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - before that move
-    from miros_rabbitmq.testing import RabbitNode, start_nodes, stop_nodes
+from rabbit_node import RabbitNode, start_nodes, stop_nodes  # type: ignore[import-not-found]
 
 from miros_rabbitmq.testing import wait_for
 
