@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator, Sequence
 
 import pytest
-
 from rabbit_node import RabbitNode, start_nodes, stop_nodes  # type: ignore[import-not-found]
 
 from miros_rabbitmq.testing import wait_for
