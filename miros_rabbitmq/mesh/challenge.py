@@ -55,6 +55,8 @@ from miros_rabbitmq.wire.challenge import CHALLENGE_TTL, CLOCK_SKEW, ChallengeBo
 from miros_rabbitmq.wire.names import (
     DEFAULT_SCOUT_PASSWORD,
     DEFAULT_SCOUT_USER,
+    EXCHANGE_TYPE,
+    SCOUT_EXCHANGE,
     SCOUT_PERMISSIONS,
     ProbeOutcome,
 )
@@ -74,8 +76,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCOUT_EXCHANGE = "miros.scout.exchange"
-SCOUT_EXCHANGE_TYPE = "topic"
+SCOUT_EXCHANGE_TYPE = EXCHANGE_TYPE  # the scout exchange is a topic exchange like the others
 #: challenges a process decrypts per second, all its responders together
 RESPONDER_RATE = 50.0
 RESPONDER_BURST = 100
