@@ -300,7 +300,9 @@ def test_the_page_shows_charts_states_arrows_chains_export_and_replay(
                                         mesh_env, str(tmp_path))
         driver.get(replay_url)
         wait_for(lambda: _links(driver) == live_links, 15, "the same arrows in the replay")
-        assert [_state(driver, name) for name in "abc"] == ["busy", "busy", "busy"]
+        # the table redraws on its own tick (at most ~12 a second): wait for it, as for the arrows
+        wait_for(lambda: [_state(driver, name) for name in "abc"] == ["busy", "busy", "busy"],
+                 10, "the replayed states in the chart table")
     finally:
         driver.quit()
         for proc in (view, replay):
