@@ -340,3 +340,36 @@ def test_a_parked_delivery_is_decrypted_once_and_size_is_checked_first() -> None
     assert delivered == [GENUINE] and len(calls) == 1
     assert nets._on_mesh_message(b"x" * 2001, "a.b") is True
     assert len(calls) == 1 and nets.drops.counts["mesh.too_large"] == 1
+
+
+def test_every_token_has_its_own_iv_in_a_forked_child_too() -> None:
+    """IVs come from a pool drawn 256 at a time; a forked child must not reuse the parent's."""
+    import base64
+    import os
+
+    codec = Codec([KEY])
+
+    def ivs(count: int) -> list[bytes]:
+        return [base64.urlsafe_b64decode(codec.encode(envelope(n)))[9:25] for n in range(count)]
+
+    first = ivs(10)  # the pool now holds IVs the parent has not used yet
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(reader)
+            os.write(writer, b"".join(ivs(10)))
+        finally:
+            os._exit(0)
+    os.close(writer)
+    data = b""
+    while chunk := os.read(reader, 4096):
+        data += chunk
+    os.close(reader)
+    os.waitpid(pid, 0)
+    child = [data[i:i + 16] for i in range(0, len(data), 16)]
+    later = ivs(300)  # past one draw of the pool
+    assert len(child) == 10
+    every = first + child + later
+    assert len(set(every)) == len(every)
+    assert Codec([KEY]).decode(codec.encode(envelope("x"))).payload == "x"

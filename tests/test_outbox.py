@@ -16,7 +16,7 @@ from miros_rabbitmq.transport.outbox import (
 
 def msg(n: int, size: int = 10, *, droppable: bool = False) -> Message:
     return Message("x", "k", b"%d:" % n + b"." * max(0, size - len(b"%d:" % n)),
-                   droppable=droppable)
+                   droppable=droppable, batchable=True)
 
 
 def number(message: Message) -> int:
@@ -208,3 +208,72 @@ def test_every_message_is_confirmed_once_whatever_happens(ops) -> None:
         confirmed += list(in_flight.values())
     assert box.is_empty() and box.pending_bytes == 0
     assert sorted(confirmed) == list(range(offered))
+
+
+# ------------------------------------------------------------------ batches (one publish, one tag)
+def test_messages_queued_together_leave_as_one_batch_under_one_tag() -> None:
+    box = Outbox()
+    for n in range(5):
+        box.offer(msg(n))
+    tag, batch = box.take_batch(3, 1 << 20)
+    assert tag == 1 and [number(m) for m in batch] == [0, 1, 2]
+    tag, batch = box.take_batch(3, 1 << 20)
+    assert tag == 2 and [number(m) for m in batch] == [3, 4]
+    assert box.take_batch(3, 1 << 20) is None
+    assert box.in_flight == 5 and box.pending == 5
+    assert box.confirm(1, multiple=False) == 3  # one confirm settles the whole batch
+    assert box.pending == 2 and box.pending_bytes == 20
+    assert box.confirm(2, multiple=True) == 2 and box.is_empty()
+
+
+def test_a_batch_keeps_to_one_exchange_route_and_kind_and_to_its_bounds() -> None:
+    box = Outbox()
+
+    def offer(exchange: str, key: str, body: bytes, *, droppable: bool = False,
+              batchable: bool = True) -> None:
+        box.offer(Message(exchange, key, body, droppable=droppable, batchable=batchable))
+
+    offer("x", "k", b"a")
+    offer("x", "k", b"b")
+    offer("x", "other", b"c")  # another routing key: a new batch
+    offer("x", "other", b"d", droppable=True)  # a snoop line: another kind
+    offer("y", "other", b"e", droppable=True)  # another exchange
+    offer("y", "other", b"f" * 100, droppable=True)  # over the byte bound
+    offer("y", "other", b"g" * 100, droppable=True)
+    offer("y", "other", b"h", batchable=False)  # a body that may hold a newline: alone
+    offer("y", "other", b"i", batchable=False)
+    offer("y", "other", b"j")
+    bodies = []
+    while (taken := box.take_batch(10, 50)) is not None:
+        bodies.append([m.body[:1] for m in taken[1]])
+    # a message larger than the bound still leaves, alone
+    assert bodies == [[b"a", b"b"], [b"c"], [b"d"], [b"e"], [b"f"], [b"g"], [b"h"], [b"i"],
+                      [b"j"]]
+
+
+def test_a_nacked_or_lost_batch_comes_back_message_by_message_in_order() -> None:
+    box = Outbox()
+    for n in range(6):
+        box.offer(msg(n))
+    box.take_batch(3, 1 << 20)  # tag 1: 0 1 2
+    box.take_batch(3, 1 << 20)  # tag 2: 3 4 5
+    assert box.nack(2, multiple=False) == 3
+    assert box.confirm(1, multiple=False) == 3
+    assert [number(m) for m in box.queued] == [3, 4, 5]
+    tag, batch = box.take_batch(2, 1 << 20)
+    assert tag == 3 and [number(m) for m in batch] == [3, 4]
+    assert box.requeue_in_flight() == 2  # the channel is gone
+    assert [number(m) for m in box.queued] == [3, 4, 5]
+    assert box.pending == 3 and box.pending_bytes == 30
+
+
+def test_batch_framing_round_trips_tokens() -> None:
+    from cryptography.fernet import Fernet
+
+    from miros_rabbitmq.wire.batch import join_tokens, split_tokens
+
+    tokens = [Fernet(Fernet.generate_key()).encrypt(b"x" * n) for n in (0, 1, 100)]
+    assert split_tokens(join_tokens(tokens)) == tokens
+    assert join_tokens(tokens[:1]) == tokens[0]  # one token: the body is the token
+    assert split_tokens(tokens[0]) == [tokens[0]]
+    assert all(b"\n" not in token for token in tokens)  # url-safe base64: no separator

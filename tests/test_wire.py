@@ -251,3 +251,70 @@ def test_snoop_cli_needs_only_the_snoop_keys(mesh_env, tmp_path, charts) -> None
     del only_trace["SNOOP_SPY_ENCRYPTION_KEY"]
     refused = run_cli(["snoop", "--duration", "0"], str(tmp_path), only_trace)
     assert refused.returncode == 2 and "SNOOP_SPY_ENCRYPTION_KEY" in refused.stderr
+
+
+# ------------------------------------------------------------------ batches
+def test_a_batch_is_checked_token_by_token_and_delivered_in_order(mesh_env, charts,
+                                                                  tap_factory) -> None:
+    from miros_rabbitmq.wire.batch import join_tokens, split_tokens
+
+    tx, rx = _keys("batch")
+    sender = charts("tx", tx, "none.y")
+    tap = tap_factory(MESH_EXCHANGE, tx)
+    for word in ("one", "two", "three"):
+        sender.transmit(Event(signal=signals.mesh_hello, payload=word))
+    tokens: list[bytes] = []
+    while len(tokens) < 3:
+        body, key = tap.captured()
+        tokens += split_tokens(body)
+    one, two, three = tokens
+    received: list = []
+    receiver = charts("rx", "none.x", rx, received)  # after the capture: nothing came yet
+    # garbage, a replay and the separator's empty token between good tokens: each is
+    # judged on its own, and what is good arrives once, in order
+    tap.publish(MESH_EXCHANGE, key, join_tokens([one, b"garbage", two, one, b"", three]))
+    wait_for(lambda: received == ["one", "two", "three"], 10)
+    wait_for(lambda: receiver.nets.drops.counts["mesh.garbage"] == 2, 10)
+    assert receiver.nets.stats()["duplicates"] == 1
+
+
+def test_a_stream_leaves_in_batches_and_a_full_chart_parks_mid_batch(mesh_env) -> None:
+    """A receiver whose chart has no room stops inside a batch and goes on where it stopped."""
+    tx, rx = _keys("park")
+    gate = threading.Event()
+    received: list[int] = []
+
+    @spy_on
+    def slow_start(chart, e):
+        if e.signal == signals.mesh_hello:
+            if not received:
+                gate.wait(30)  # the chart's queue (500 events) fills meanwhile
+            received.append(e.payload)
+            return return_status.HANDLED
+        chart.temp.fun = chart.top
+        return return_status.SUPER
+
+    receiver = NetworkedActiveObject(f"rx_{uuid.uuid4().hex[:6]}", tx_routing_key="none.x",
+                                     rx_routing_key=rx, peers=[])
+    sender = NetworkedActiveObject(f"tx_{uuid.uuid4().hex[:6]}", tx_routing_key=tx,
+                                   rx_routing_key="none.y", peers=[])
+    try:
+        receiver.start_at(slow_start)
+        sender.start_at(recording([]))
+        assert receiver.nets.consumer is not None and receiver.nets.consumer.ready.wait(10)
+        count = 3000
+        for n in range(count):
+            assert sender.transmit(Event(signal=signals.mesh_hello, payload=n))
+        consumer = receiver.nets.consumer
+        wait_for(lambda: consumer.waits > 0, 20)  # no room: a delivery is parked
+        gate.set()
+        wait_for(lambda: len(received) == count, 60)
+        assert received == list(range(count))  # once each, in order
+        link = sender.nets.local_link
+        assert link is not None
+        stats = link.stats
+        assert stats.published >= count and stats.publishes < stats.published / 2, stats
+    finally:
+        gate.set()
+        sender.stop()
+        receiver.stop()

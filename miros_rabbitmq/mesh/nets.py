@@ -42,6 +42,7 @@ from miros_rabbitmq.transport import (
     parse_peer,
 )
 from miros_rabbitmq.transport.consumer import DEFAULT_QUEUE_MAX_LENGTH
+from miros_rabbitmq.wire.batch import split_tokens
 from miros_rabbitmq.wire.codec import JSON, PICKLE, Codec, Envelope, Serializer
 from miros_rabbitmq.wire.names import (
     DEFAULT_MAX_AGE_SEC,
@@ -192,8 +193,9 @@ class MirosNets:
         self._peers_lock = threading.Lock()
         self._peers: dict[tuple[str, int, str, str], BrokerLink] = {}
         self.replays = ReplayGuard(owner=name)
-        # the envelope of a delivery that found no room: decrypted once, not again on resume
-        self._parked_envelope: tuple[bytes, Envelope] | None = None
+        # a delivery that found no room: its body, the index of the token that
+        # found no room and that token's envelope (decrypted once, not again on resume)
+        self._parked: tuple[bytes, int, Envelope] | None = None
         self._initial_peers = list(peers)
         self.local_address = local_broker(settings)
         # cluster mode: one link to one node of the cluster at a time, no peers
@@ -457,8 +459,8 @@ class MirosNets:
                     continue
                 if refused and any(link is gone for gone, _ in refused):
                     continue
-                outcome = link.publish(net.exchange, key, token,
-                                       persistent=not droppable, droppable=droppable)
+                outcome = link.publish(net.exchange, key, token, persistent=not droppable,
+                                       droppable=droppable, batchable=True)
                 if not outcome:
                     refused.append((link, outcome))
         self.counts[f"{network}.transmitted"] += 1
@@ -471,24 +473,48 @@ class MirosNets:
     def _on_mesh_message(self, body: bytes, routing_key: str) -> bool:
         """I/O thread: authenticate, filter, hand to the chart. False = no room.
 
-        In order: the size limit (before anything else), one decryption (the
-        codec refuses tokens of another network or routing key, and older
-        than the age limit), own messages, replays (sender, epoch, seq seen
-        before), miros's reserved signals; then the chart.
+        A body carries one token or a batch of them (:mod:`miros_rabbitmq.wire.batch`),
+        each handled on its own, in order. When the chart has no room the
+        delivery is parked where it stopped: on resume the consumer hands the
+        same body back and the tokens already delivered are skipped.
         """
-        parked = self._parked_envelope
+        parked, self._parked = self._parked, None
+        first, envelope = 0, None
         if parked is not None and parked[0] is body:
-            envelope = parked[1]  # decrypted when it first found no room
-        else:
-            if len(body) > self.max_message_bytes:
-                self.drops.drop("mesh", "too_large")
-                return True
-            try:
-                envelope = self.networks["mesh"].codec.decode(body, routing_key=routing_key)
-            except DecodeError as error:
-                self._dropped_token(error.reason)
-                return True
-        self._parked_envelope = None
+            first, envelope = parked[1], parked[2]
+        tokens = split_tokens(body)
+        for index in range(first, len(tokens)):
+            if envelope is None:
+                envelope = self._open(tokens[index], routing_key)
+                if envelope is None:
+                    continue  # dropped and counted
+            if not self._take(envelope):
+                self._parked = (body, index, envelope)
+                return False
+            envelope = None
+        return True
+
+    def _open(self, token: bytes, routing_key: str) -> Envelope | None:
+        """One token: the size limit (before anything else), then one decryption.
+
+        The codec refuses tokens of another network or routing key, and older
+        than the age limit. None when the token was dropped (counted).
+        """
+        if len(token) > self.max_message_bytes:
+            self.drops.drop("mesh", "too_large")
+            return None
+        try:
+            return self.networks["mesh"].codec.decode(token, routing_key=routing_key)
+        except DecodeError as error:
+            self._dropped_token(error.reason)
+            return None
+
+    def _take(self, envelope: Envelope) -> bool:
+        """Filter one envelope and hand it to the chart; False = no room (nothing changed).
+
+        In order: no epoch (scout traffic), own messages, replays (sender,
+        epoch, seq seen before), miros's reserved signals; then the chart.
+        """
         if envelope.epoch == 0:
             # no sender incarnation: a scout challenge or answer, never a mesh event
             self.drops.drop("mesh", "no_epoch")
@@ -506,7 +532,6 @@ class MirosNets:
             self.drops.drop("mesh", "reserved_signal")
             return True
         if not self._deliver(envelope):
-            self._parked_envelope = (body, envelope)
             return False
         self.replays.accept(envelope.sender, envelope.epoch, envelope.seq)
         self.replays.note_clock(envelope.sender, envelope.sent_at, self.clock())

@@ -69,6 +69,7 @@ from miros_rabbitmq.errors import DecodeError
 from miros_rabbitmq.mesh.nets import DropCounter, MirosNets
 from miros_rabbitmq.terminal import printable
 from miros_rabbitmq.transport import LINKS, BrokerAddress, BrokerLink, Consumer
+from miros_rabbitmq.wire.batch import split_tokens
 from miros_rabbitmq.wire.codec import JSON, Codec
 from miros_rabbitmq.wire.names import (
     DEFAULT_HEARTBEAT,
@@ -410,17 +411,22 @@ class SnoopListener:
 
     # -- the I/O thread
     def _on_message(self, body: bytes, routing_key: str | None = None) -> bool:
+        for token in split_tokens(body):  # one token, or a batch of them
+            self._on_token(token, routing_key)
+        return True
+
+    def _on_token(self, token: bytes, routing_key: str | None) -> None:
         try:
-            envelope = self.codec.decode(body, routing_key=routing_key)
+            envelope = self.codec.decode(token, routing_key=routing_key)
         except DecodeError as error:
             self.drops.drop(self.network, error.reason)
-            return True
+            return
         if envelope.epoch == 0:  # no sender incarnation: a scout message, not a snoop line
             self.drops.drop(self.network, "no_epoch")
-            return True
+            return
         if self.replays.seen(envelope.sender, envelope.epoch, envelope.seq):
             self.drops.drop(self.network, "replay")
-            return True
+            return
         self.replays.accept(envelope.sender, envelope.epoch, envelope.seq)
         self.received += 1
         if self.tap is not None:
@@ -429,7 +435,7 @@ class SnoopListener:
             except Exception:
                 logger.exception("snoop tap failed")
         if self.quiet or envelope.signal_name == PRESENCE_SIGNAL:
-            return True
+            return
         local = envelope.sender in self.local_identities
         for record in _records(envelope.payload):
             if record.kind not in PRINTED_KINDS:
@@ -442,7 +448,6 @@ class SnoopListener:
                 self.printed += 1
             else:
                 self.drops.drop(self.network, "print_backlog")
-        return True
 
 
 def _safe_host() -> str:

@@ -9,6 +9,10 @@ send next, what to send again and what to drop. The rules:
   current channel and wait for their confirm (delivery tags 1, 2, 3, ... per
   channel, so the in-flight list is indexed by tag: every confirm, single or
   ``multiple``, costs O(1) amortized; nothing is rescanned).
+* Messages queued one behind the other for the same exchange and routing key
+  leave as one publish (:meth:`Outbox.take_batch`, framing in
+  :mod:`miros_rabbitmq.wire.batch`): one delivery tag, one confirm, settled
+  together; counts and bounds stay per message.
 * A ``nack`` puts the nacked messages back at the front of the queue, in
   their original order; they are sent again before anything newer.
 * A lost channel puts everything in flight back at the front of the queue,
@@ -80,6 +84,8 @@ class Message:
     body: bytes
     persistent: bool = True
     droppable: bool = False
+    #: its body may share a publish with others (tokens: they never contain a newline)
+    batchable: bool = False
     order: int = 0  # set by the outbox: the order messages were offered in
 
 
@@ -102,9 +108,10 @@ class Outbox:
         self.window_bytes = min(window_bytes, max_bytes)
         self.snoop_limit = snoop_limit
         self.queued: collections.deque[Message] = collections.deque()
-        # in-flight messages by tag: _in_flight[i] has tag _first_tag + i;
-        # None marks one confirmed out of order (skipped when it reaches the front)
-        self._in_flight: collections.deque[Message | None] = collections.deque()
+        # in-flight batches by tag: _in_flight[i] has tag _first_tag + i (a batch
+        # is one publish); None marks one confirmed out of order (skipped when
+        # it reaches the front)
+        self._in_flight: collections.deque[list[Message] | None] = collections.deque()
         self._first_tag = 1
         self._next_tag = 1
         self._in_flight_count = 0
@@ -169,14 +176,40 @@ class Outbox:
     # ------------------------------------------------------------------ sending
     def take(self) -> tuple[int, Message] | None:
         """The next queued message, now in flight with its delivery tag; None when none."""
-        if not self.queued:
+        taken = self.take_batch(1, 0)
+        return None if taken is None else (taken[0], taken[1][0])
+
+    def take_batch(self, max_count: int, max_bytes: int) -> tuple[int, list[Message]] | None:
+        """The next queued messages that may travel as one publish, under one delivery tag.
+
+        The batch is the first queued message and those right behind it with
+        the same exchange, routing key and flags, at most ``max_count`` of
+        them and ``max_bytes`` of bodies (the first one goes whatever its
+        size); only ``batchable`` messages are batched. The confirm of the tag settles all of them; a nack or a lost
+        channel puts each one back, in order. None when nothing is queued.
+        """
+        queued = self.queued
+        if not queued:
             return None
-        message = self.queued.popleft()
+        first = queued.popleft()
+        batch = [first]
+        size = len(first.body)
+        while first.batchable and queued and len(batch) < max_count:
+            following = queued[0]
+            if (not following.batchable
+                    or following.exchange != first.exchange
+                    or following.routing_key != first.routing_key
+                    or following.persistent != first.persistent
+                    or following.droppable != first.droppable
+                    or size + len(following.body) > max_bytes):
+                break
+            batch.append(queued.popleft())
+            size += len(following.body)
         tag = self._next_tag
         self._next_tag += 1
-        self._in_flight.append(message)
-        self._in_flight_count += 1
-        return tag, message
+        self._in_flight.append(batch)
+        self._in_flight_count += len(batch)
+        return tag, batch
 
     # ------------------------------------------------------------------ confirms
     def confirm(self, tag: int, *, multiple: bool) -> int:
@@ -213,15 +246,17 @@ class Outbox:
         flight = self._in_flight
         if multiple:
             while flight and self._first_tag <= tag:
-                message = flight.popleft()
+                batch = flight.popleft()
                 self._first_tag += 1
-                if message is not None:
-                    settled.append(message)
+                if batch is not None:
+                    settled.extend(batch)
         else:
             index = tag - self._first_tag
-            if 0 <= index < len(flight) and flight[index] is not None:
-                settled.append(flight[index])  # type: ignore[arg-type]
-                flight[index] = None
+            if 0 <= index < len(flight):
+                batch = flight[index]
+                if batch is not None:
+                    settled.extend(batch)
+                    flight[index] = None
             while flight and flight[0] is None:  # confirmed out of order, now at the front
                 flight.popleft()
                 self._first_tag += 1
@@ -232,7 +267,7 @@ class Outbox:
 
     def requeue_in_flight(self) -> int:
         """The channel is gone: what was in flight is sent again first, in order."""
-        returned = [m for m in self._in_flight if m is not None]
+        returned = [m for batch in self._in_flight if batch is not None for m in batch]
         self._in_flight.clear()
         self._in_flight_count = 0
         self._first_tag = self._next_tag = 1  # a new channel numbers from 1
