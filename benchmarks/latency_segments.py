@@ -90,10 +90,10 @@ def main() -> int:
     handed: list[float] = []
     basic_publish = transport.BrokerLink._basic_publish
 
-    def timed_publish(self, message):
+    def timed_publish(self, message, *more):
         if message.exchange == "miros.mesh.exchange":  # not the presence lines (snoop trace)
             handed.append(time.monotonic())
-        return basic_publish(self, message)
+        return basic_publish(self, message, *more)
 
     transport.BrokerLink._basic_publish = timed_publish
 
