@@ -653,6 +653,8 @@ class CacheFileChart(ActiveObject):
             name = os.fspath(target)
             if not isinstance(name, str):
                 return False
+            if name == self.file_path or name == self.file.path:
+                return True  # our own path, as given or resolved: no realpath's lstat calls
             if os.sep in name or (os.altsep is not None and os.altsep in name):
                 return os.path.realpath(name) == self.file.path
         except (TypeError, ValueError, OSError):
