@@ -282,7 +282,7 @@ def test_back_pressure_pauses_the_consumer_and_resumes_it(mesh_env) -> None:
     @spy_on
     def slow(chart, e):
         if e.signal == signals.bp_hello:
-            time.sleep(0.001)  # a slow handler: the chart's queue fills up
+            time.sleep(0.0003)  # a slow handler: the chart's queue fills up
             received.append(e.payload)
             return return_status.HANDLED
         chart.temp.fun = chart.top
@@ -301,7 +301,9 @@ def test_back_pressure_pauses_the_consumer_and_resumes_it(mesh_env) -> None:
     def ready_on_broker() -> int:  # messages the broker holds, not handed to the consumer
         return channel.queue_declare(queue_name, passive=True).method.message_count
 
-    count = 3000
+    # more than the consumer may hold unacked (64 messages, each a batch of up to
+    # 64 events), so that the broker must keep some whatever the batch sizes
+    count = 10_000
     try:
         for n in range(count):
             sender.transmit(Event(signal=signals.bp_hello, payload=n))

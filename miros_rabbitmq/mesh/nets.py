@@ -74,6 +74,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BLOCK = 60.0  # seconds transmit() waits for room on a connected, full link
+MESH_PREFETCH = 64  # unacked AMQP messages (each one event or a batch) a chart's consumer holds
 DEFAULT_STOP_FLUSH = 5.0  # seconds stop() waits for confirms of what was transmitted
 MAX_KNOWN_ORIGINS = 4096  # origins already checked for aliens (then forgotten, all at once)
 DROP_LOG_INTERVAL = 60.0
@@ -240,6 +241,10 @@ class MirosNets:
             max_length=self.queue_max_length,
             # replicated: the loss of one cluster node loses nothing confirmed
             queue_type="quorum" if self.cluster else None,
+            # AMQP messages handed over unacked: a message may be a batch of up to
+            # 64 events (wire/batch.py), so 64 keeps what a paused chart has taken
+            # from the broker to ~4000 events; the rest waits on the broker
+            prefetch=MESH_PREFETCH,
         )
         self.local_link.add_consumer(self.consumer)
         challenge.install_responder(self)  # answers scouts that hold our mesh key
