@@ -223,7 +223,7 @@ class BrokerLink:
             if direct:
                 self._ioloop.enter_guest()
                 try:
-                    self._basic_publish(message)
+                    self._basic_publish([message])
                 finally:
                     self._ioloop.leave_guest()
         finally:
@@ -583,8 +583,7 @@ class BrokerLink:
                     self._exchanges[first.exchange] = "topic"
                     channel.exchange_declare(first.exchange, exchange_type="topic",
                                              durable=True, callback=lambda _frame: None)
-                body = first.body if len(batch) == 1 else join_tokens([m.body for m in batch])
-                if not self._basic_publish(first, body, len(batch)):
+                if not self._basic_publish(batch):
                     failed = True  # everything in flight went back to the queue
                     return
         finally:
@@ -596,23 +595,24 @@ class BrokerLink:
         if wake:
             self.call_soon(self._drain_outbox)
 
-    def _basic_publish(self, message: Message, body: bytes | None = None, count: int = 1) -> bool:
+    def _basic_publish(self, batch: list[Message]) -> bool:
         """Loop's thread or its guest: hand one publish (already in flight) to pika.
 
-        ``body``: the batch's joined tokens when ``count`` messages go as one
-        (``message`` is then the first of them); default ``message.body``.
+        ``batch``: the messages taken under one delivery tag (often just one);
+        their bodies go joined (wire/batch.py), with the first one's address.
         """
+        first = batch[0]
         channel = self._pub_channel
         try:
-            channel.basic_publish(message.exchange, message.routing_key,
-                                  message.body if body is None else body,
-                                  PERSISTENT if message.persistent else TRANSIENT)
+            channel.basic_publish(first.exchange, first.routing_key,
+                                  join_tokens([m.body for m in batch]),
+                                  PERSISTENT if first.persistent else TRANSIENT)
         except Exception as error:
             logger.warning("publish to %s failed: %s", self.address, describe_error(error))
             with self._lock:
                 self._outbox.requeue_in_flight()
             return False
-        self._counts.published += count
+        self._counts.published += len(batch)
         self._counts.publishes += 1
         return True
 

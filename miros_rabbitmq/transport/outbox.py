@@ -185,8 +185,9 @@ class Outbox:
         The batch is the first queued message and those right behind it with
         the same exchange, routing key and flags, at most ``max_count`` of
         them and ``max_bytes`` of bodies (the first one goes whatever its
-        size); only ``batchable`` messages are batched. The confirm of the tag settles all of them; a nack or a lost
-        channel puts each one back, in order. None when nothing is queued.
+        size); only ``batchable`` messages are batched. The confirm of the
+        tag settles all of them; a nack or a lost channel puts each one back,
+        in order. None when nothing is queued.
         """
         queued = self.queued
         if not queued:

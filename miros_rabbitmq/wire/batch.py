@@ -30,14 +30,10 @@ BATCH_MAX_BYTES = 64 * 1024
 
 
 def join_tokens(tokens: Sequence[bytes]) -> bytes:
-    """The body of one AMQP message carrying ``tokens`` in order."""
-    if len(tokens) == 1:
-        return tokens[0]
+    """The body of one AMQP message carrying ``tokens`` in order (one token: itself)."""
     return SEPARATOR.join(tokens)
 
 
 def split_tokens(body: bytes) -> list[bytes]:
     """The tokens of a message body, in order (one when there is no separator)."""
-    if SEPARATOR not in body:
-        return [body]
     return body.split(SEPARATOR)

@@ -148,13 +148,8 @@ class Envelope:
                             *(len(s) for s in strings)) + b"".join(strings)
 
 
-def _primary(keys: Sequence[Secret | str | bytes]) -> Fernet:
-    """The first key's Fernet: it encrypts (call after :func:`_fernet` validated the keys)."""
-    key = keys[0]
-    return Fernet(key.reveal() if isinstance(key, Secret) else key)
-
-
-def _fernet(keys: Sequence[Secret | str | bytes]) -> MultiFernet:
+def _fernets(keys: Sequence[Secret | str | bytes]) -> list[Fernet]:
+    """One Fernet per key, in order (the first encrypts); ConfigurationError for a bad key."""
     fernets = []
     for index, key in enumerate(keys):
         raw = key.reveal() if isinstance(key, Secret) else key
@@ -168,7 +163,7 @@ def _fernet(keys: Sequence[Secret | str | bytes]) -> MultiFernet:
             ) from None
     if not fernets:
         raise ConfigurationError("a network needs at least one encryption key")
-    return MultiFernet(fernets)
+    return fernets
 
 
 _IV_BYTES = 16
@@ -204,6 +199,7 @@ class _IvPool:
 
 
 _IV_POOL = _IvPool()
+_CAN_PASS_IV = hasattr(Fernet, "_encrypt_from_parts")
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_IV_POOL.clear)
 
@@ -214,10 +210,9 @@ def _encrypt(fernet: Fernet, data: bytes, at: int) -> bytes:
     ``Fernet._encrypt_from_parts`` is the one private call (cryptography
     offers no public way to pass the IV); without it, plain ``encrypt_at_time``.
     """
-    make = getattr(fernet, "_encrypt_from_parts", None)
-    if make is None:  # pragma: no cover - a cryptography without it
+    if not _CAN_PASS_IV:  # pragma: no cover - a cryptography without it
         return fernet.encrypt_at_time(data, at)
-    return make(data, at, _IV_POOL.take())
+    return fernet._encrypt_from_parts(data, at, _IV_POOL.take())
 
 
 def _looks_like_v02(plaintext: bytes) -> bool:
@@ -256,8 +251,7 @@ class Codec:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._fernet = _fernet(keys)
-        self._primary = _primary(keys)  # the key that encrypts
+        self.set_keys(keys)
         self.serializer = serializer
         self.network = Network(network)
         self.max_age: float | None = max_age if ttl is False else ttl
@@ -278,8 +272,9 @@ class Codec:
                 f"max_age={self.max_age!r}, keys=******)")
 
     def set_keys(self, keys: Sequence[Secret | str | bytes]) -> None:
-        fernet, primary = _fernet(keys), _primary(keys)
-        self._fernet, self._primary = fernet, primary
+        fernets = _fernets(keys)
+        # every key decrypts (rotation); the first one encrypts
+        self._fernet, self._primary = MultiFernet(fernets), fernets[0]
 
     def encode(self, envelope: Envelope) -> bytes:
         """The token of ``envelope``; raises :class:`SerializationError` (also when too large)."""
