@@ -9,7 +9,10 @@ operation on the shared file: a write (probability ``--write-ratio``, 0.5)
 of a document of 2-20 kB embedding its own SHA-256, published and not
 waited for, or else a read it waits for and checks. ``--kill`` (5) processes
 are SIGKILLed half-way. The file lives on another file system than the
-working folder (``/dev/shm`` by default).
+working folder (``/dev/shm`` by default). All processes start their run at
+the same instant. So that the 2 cores spend the run on the cache and not on
+this harness, a worker makes its documents (and their SHA-256) before the
+run, and checks its reads only once every worker has finished its run.
 
 Two rows, measured in the same run, taking turns (``--rounds``):
 

@@ -33,6 +33,7 @@ import json
 import os
 import queue
 import random
+import re
 import selectors
 import subprocess
 import sys
@@ -47,6 +48,8 @@ if str(REPO_ROOT) not in sys.path:
 
 TIME_OUT_IN_MINUTES = 30
 INITIAL_WRITER = -1
+PREPARED = 64  #: documents a stress worker makes before the run (more are made as needed)
+_DOCUMENT_ID = re.compile(rb'"writer": (-?\d+),\s*"seq": (\d+),')
 
 
 # --------------------------------------------------------------- documents
@@ -82,6 +85,42 @@ def document_valid(document: Any) -> bool:
     )
 
 
+def check_reads(history: list[tuple[Any, ...]], problems: list[str]) -> tuple[int, int, int]:
+    """Check a worker's reads, in order: ``(invalid, violations, expired)``.
+
+    Invalid: the checksum does not match. A violation: a read older than the
+    worker's own last write before it -- a document it had already seen
+    before that write, or one put in place before it (by ``st_mtime``).
+    """
+    invalid = violations = expired = 0
+    seen: set[tuple[int, int]] = set()
+    last_write: tuple[int, int] | None = None
+    seen_before_last_write: frozenset[tuple[int, int]] = frozenset()
+    for entry in history:
+        if entry[0] == "write":
+            last_write = entry[1]
+            seen_before_last_write = frozenset(seen)
+            continue
+        _, answer, mine = entry
+        document = answer.dict
+        if not document_valid(document):
+            invalid += 1
+            problems.append(f"invalid document read: {str(document)[:120]}")
+        else:
+            doc_id = (document["writer"], document["seq"])
+            if last_write is not None and doc_id != last_write:
+                if doc_id in seen_before_last_write:
+                    violations += 1
+                    problems.append(f"read {doc_id}, seen before writing {last_write}")
+                elif mine is not None and answer.last_modified + 1e-6 < mine:
+                    violations += 1
+                    problems.append(f"read {doc_id} older than own write {last_write}")
+            seen.add(doc_id)
+        if answer.expired:
+            expired += 1
+    return invalid, violations, expired
+
+
 # ------------------------------------------------------------------ worker
 def _make_listener(signal_name: str, sink: queue.Queue[Any]) -> Any:
     """An instrumented ActiveObject that puts the payload of every ``signal_name`` in ``sink``."""
@@ -110,16 +149,25 @@ def chart_class(policy: str, journal: str | None) -> Any:
     class JournalingChart(CacheFileChart):
         WAIT_POLICY = policy
 
+        _journal_fd: int | None = None
+
         def _committed(self, request: Any) -> None:
             if journal and request.data is not None:
-                # still under the exclusive lock: journal order = replacement order
-                document = json.loads(request.data)
-                line = f"{document['writer']} {document['seq']} {os.getpid()}\n".encode()
-                fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    os.write(fd, line)
-                finally:
-                    os.close(fd)
+                # still under the exclusive lock: journal order = replacement order.
+                # Kept short (no JSON parsing, one write): it lengthens every hold.
+                found = _DOCUMENT_ID.search(request.data)
+                assert found is not None, "not a stress document"
+                line = b"%s %s %d\n" % (found[1], found[2], os.getpid())
+                if self._journal_fd is None:
+                    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                    self._journal_fd = os.open(journal, flags, 0o600)
+                os.write(self._journal_fd, line)
+
+        def stop(self) -> None:
+            super().stop()
+            if self._journal_fd is not None:
+                os.close(self._journal_fd)
+                self._journal_fd = None
 
     return JournalingChart
 
@@ -135,8 +183,15 @@ def stress(args: argparse.Namespace) -> int:
     return 0
 
 
-def stress_body(args: Any, ready: Any, wait_for_go: Any) -> dict[str, Any]:
-    """One stress worker: build the charts, call ``ready()``, ``wait_for_go()``, run, report."""
+def stress_body(
+    args: Any, ready: Any, wait_for_go: Any, all_finished: Any = None
+) -> dict[str, Any]:
+    """One stress worker: build the charts, call ``ready()``, ``wait_for_go()``, run, report.
+
+    ``all_finished()``, if given, returns once every worker has finished its
+    run: the checks and the shutdown, which cost CPU, then wait for it, so
+    they do not slow the last operations of the others.
+    """
     from miros import Event, signals
 
     from miros_rabbitmq.payloads import CacheWritePayload
@@ -151,19 +206,21 @@ def stress_body(args: Any, ready: Any, wait_for_go: Any) -> dict[str, Any]:
     chart = chart_class(policy, journal)(args.file, default_json=initial_document())
     target = chart.file_path  # address our chart only, by path
 
+    # Documents are made before the run and reads are checked after it, so
+    # that the run's CPU goes to the cache, not to this harness's SHA-256.
+    prepared = [make_document(args.worker_id, n, rng, sizes) for n in range(1, PREPARED + 1)]
+
     ready()
     wait_for_go()
 
     started = time.monotonic()
     deadline = started + args.seconds
     seq = 0
-    reads = invalid = expired = violations = 0
+    reads = 0
     hung = False
-    seen: set[tuple[int, int]] = set()
-    last_write: tuple[int, int] | None = None
-    seen_before_last_write: frozenset[tuple[int, int]] = frozenset()
     problems: list[str] = []
     read_latencies: list[float] = []
+    history: list[tuple[Any, ...]] = []  # ("write", id) and ("read", answer, own mtime)
 
     while True:
         if pause > 0:
@@ -172,9 +229,11 @@ def stress_body(args: Any, ready: Any, wait_for_go: Any) -> dict[str, Any]:
             break
         if rng.random() < args.write_ratio:
             seq += 1
-            document = make_document(args.worker_id, seq, rng, sizes)
-            last_write = (args.worker_id, seq)
-            seen_before_last_write = frozenset(seen)
+            if seq <= len(prepared):
+                document = prepared[seq - 1]
+            else:
+                document = make_document(args.worker_id, seq, rng, sizes)
+            history.append(("write", (args.worker_id, seq)))
             listener.publish(
                 Event(
                     signal=signals.CACHE_FILE_WRITE,
@@ -193,31 +252,21 @@ def stress_body(args: Any, ready: Any, wait_for_go: Any) -> dict[str, Any]:
             break
         read_latencies.append(time.monotonic() - asked)
         reads += 1
-        document = answer.dict
-        if not document_valid(document):
-            invalid += 1
-            problems.append(f"invalid document read: {str(document)[:120]}")
-        else:
-            doc_id = (document["writer"], document["seq"])
-            if last_write is not None and doc_id != last_write:
-                mine = chart.stats.last_write_mtime
-                if doc_id in seen_before_last_write:
-                    violations += 1
-                    problems.append(f"read {doc_id}, seen before writing {last_write}")
-                elif mine is not None and answer.last_modified + 1e-6 < mine:
-                    violations += 1
-                    problems.append(f"read {doc_id} older than own write {last_write}")
-            seen.add(doc_id)
-        if answer.expired:
-            expired += 1
+        # our chart's last write time as the read is answered (its writes come first)
+        history.append(("read", answer, chart.stats.last_write_mtime))
         if time.monotonic() >= deadline:
             break
 
     finished = time.monotonic()
-    # let writes still queued reach the file before we look at the figures
-    drain_deadline = time.monotonic() + args.read_timeout
-    while chart.pending and time.monotonic() < drain_deadline:
-        time.sleep(0.005)
+    if not hung:
+        # let writes still queued reach the file before we look at the figures:
+        # a read is served after every request the chart took before it
+        listener.publish(Event(signal=signals.CACHE_FILE_READ, payload=target))
+        with contextlib.suppress(queue.Empty):
+            answers.get(timeout=args.read_timeout)
+    if all_finished is not None:
+        all_finished()
+    invalid, violations, expired = check_reads(history, problems)
     stats = chart.stats
     result = {
         "worker_id": args.worker_id,
@@ -248,12 +297,20 @@ def stress_body(args: Any, ready: Any, wait_for_go: Any) -> dict[str, Any]:
     return result
 
 
-def _forked_stress(options: dict[str, Any], connection: Any, go: Any) -> None:
-    """Target of a forkserver worker: same body, talking through a Pipe and an Event."""
+def _forked_stress(options: dict[str, Any], connection: Any, go: Any, done: Any) -> None:
+    """Target of a forkserver worker: same body, talking through a Pipe and two Events."""
     args = argparse.Namespace(**options)
+
+    def all_finished() -> None:
+        connection.send("FINISHED")
+        done.wait(args.read_timeout + args.seconds)
+
     try:
         result = stress_body(
-            args, lambda: connection.send("READY"), lambda: go.wait(args.start_timeout)
+            args,
+            lambda: connection.send("READY"),
+            lambda: go.wait(args.start_timeout),
+            all_finished,
         )
         connection.send(result)
     finally:
@@ -492,6 +549,7 @@ def _swarm_forkserver(
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["cache_worker", "miros", "miros_rabbitmq.cache.cache_file_chart"])
     go = ctx.Event()
+    done = ctx.Event()  # every worker has finished its run
     processes: dict[int, Any] = {}
     connections: dict[Any, int] = {}
     raw: dict[int, dict[str, Any]] = {}
@@ -499,7 +557,9 @@ def _swarm_forkserver(
         spawn_started = time.monotonic()
         for option in options:
             receiver, sender = ctx.Pipe(duplex=False)
-            process = ctx.Process(target=_forked_stress, args=(option, sender, go), daemon=True)
+            process = ctx.Process(
+                target=_forked_stress, args=(option, sender, go, done), daemon=True
+            )
             process.start()
             sender.close()
             processes[option["worker_id"]] = process
@@ -519,25 +579,37 @@ def _swarm_forkserver(
 
         go_at = time.monotonic()
         go.set()
-        waiting = {r: i for r, i in connections.items() if i not in report.crashed}
+        running = {r: i for r, i in connections.items() if i not in report.crashed}
+        finishing: dict[Any, int] = {}  # sent FINISHED, its result is still to come
         deadline = go_at + run_timeout
         kill_at = go_at + kill_after if victims else None
-        while waiting and time.monotonic() < deadline:
+        while (running or finishing) and time.monotonic() < deadline:
             if kill_at is not None and time.monotonic() >= kill_at:
                 kill_at = None
                 for worker_id in victims:
                     if processes[worker_id].is_alive():
                         processes[worker_id].kill()  # SIGKILL, mid-run
                         report.killed.append(worker_id)
+            if not running:
+                done.set()  # all runs are over: checks and shutdown may start
             until = deadline if kill_at is None else min(deadline, kill_at)
-            for receiver in wait(list(waiting), timeout=max(0.0, until - time.monotonic())):
-                worker_id = waiting.pop(receiver)
+            ready = wait([*running, *finishing], timeout=max(0.0, until - time.monotonic()))
+            for receiver in ready:
+                worker_id = running.pop(receiver, None)
+                if worker_id is None:
+                    worker_id = finishing.pop(receiver)
                 try:
-                    raw[worker_id] = receiver.recv()
+                    message = receiver.recv()
                 except EOFError:
                     if worker_id not in report.killed:
                         report.crashed.append(worker_id)
-        report.hung.extend(waiting.values())
+                    continue
+                if message == "FINISHED":
+                    finishing[receiver] = worker_id
+                else:
+                    raw[worker_id] = message
+        done.set()
+        report.hung.extend([*running.values(), *finishing.values()])
         for worker_id, process in processes.items():
             process.join(timeout=max(0.1, deadline - time.monotonic()))
             if process.is_alive() and worker_id not in report.hung:

@@ -438,6 +438,59 @@ def _waiter_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.endswith(".lock_waiter")]
 
 
+def test_an_answer_reaches_every_subscriber_and_the_spy_shows_it_published(
+    tmp_path, make_chart, listener
+):
+    spy: list[str] = []
+    path = tmp_path / "c.json"
+    make_chart(str(path), default_json=LAN, live_spy=spy.append)
+    second = Listener()  # another chart of the process subscribed to CACHE
+    try:
+        listener.read("c.json")
+        assert listener.get("c.json").dict == LAN
+        assert second.get("c.json").dict == LAN  # handed to each subscriber, once
+        assert listener.nothing(within=0.2) and second.nothing(within=0.0)
+    finally:
+        second.chart.stop()
+    wait_for(lambda: any("PUBLISH:(CACHE, PRIORITY:1000)" in line for line in spy))
+
+
+def test_the_lock_waiter_starts_with_the_chart(tmp_path, make_chart):
+    chart = make_chart(str(tmp_path / "c.json"))
+    waiter = chart._waiter.thread
+    assert waiter is not None and waiter.is_alive()  # ready before processes rush in
+    chart.stop()
+    waiter.join(WAIT)
+    assert not waiter.is_alive()
+
+
+def test_the_stress_check_finds_torn_and_stale_reads():
+    """The swarm's own check (run after the workers' runs) is not a no-op."""
+    check = cache_worker.check_reads
+    rng = __import__("random").Random(3)
+    first = cache_worker.make_document(7, 1, rng)
+    mine = cache_worker.make_document(7, 2, rng)
+    later = cache_worker.make_document(8, 1, rng)
+
+    def read(document, last_modified, expired=False):
+        return CacheReadPayload(document, last_modified, 0.0, expired, "c.json")
+
+    problems: list[str] = []
+    good = [
+        ("read", read(first, 10.0), None),
+        ("write", (7, 2)),
+        ("read", read(mine, 11.0), 11.0),  # our own write
+        ("read", read(later, 12.0), 11.0),  # a later one
+    ]
+    assert check(good, problems) == (0, 0, 0) and problems == []
+    torn = dict(later, filler=later["filler"][:-1] + "x")
+    stale_seen = ("read", read(first, 12.0), 11.0)  # seen before our write
+    stale_time = ("read", read(later, 10.5), 11.0)  # put in place before our write
+    bad = [*good[:2], ("read", read(torn, 12.0), 11.0), stale_seen, stale_time]
+    assert check(bad, problems) == (1, 2, 0)
+    assert len(problems) == 3
+
+
 def test_reads_need_no_lock(tmp_path, make_chart, listener):
     path = tmp_path / "c.json"
     make_chart(str(path), default_json=LAN)
@@ -785,14 +838,23 @@ def test_locked_json_file_follows_symlink_and_makes_folder(tmp_path):
 
 def test_locked_json_file_sweeps_stale_temp_files(tmp_path):
     path = tmp_path / "s.json"
-    stale = tmp_path / ".s.json.abc123.tmp"
-    fresh = tmp_path / ".s.json.def456.tmp"
-    stale.write_text("{")
-    fresh.write_text("{")
     old = time.time() - 3600
-    os.utime(stale, (old, old))
+    stale = tmp_path / ".s.json.abc123.tmp"  # a name without a time stamp
+    fresh = tmp_path / ".s.json.def456.tmp"
+    stamped_stale = tmp_path / f".s.json.abc124-{int(old):x}.tmp"
+    stamped_fresh = tmp_path / f".s.json.def457-{int(time.time()):x}.tmp"
+    # a name that claims to be new is skipped unread; one that claims to be
+    # old is still removed only if its mtime agrees
+    lying_old_name = tmp_path / f".s.json.abc125-{int(old):x}.tmp"
+    for planted in (stale, fresh, stamped_stale, stamped_fresh, lying_old_name):
+        planted.write_text("{")
+    for planted in (stale, stamped_stale):
+        os.utime(planted, (old, old))
     LockedJsonFile(path).write({"ok": True})
-    assert not stale.exists() and fresh.exists()
+    assert not stale.exists() and not stamped_stale.exists()
+    assert fresh.exists() and stamped_fresh.exists() and lying_old_name.exists()
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
+    assert leftovers == sorted(p.name for p in (fresh, stamped_fresh, lying_old_name))
 
 
 def test_root_keeps_the_owner_of_a_users_file(tmp_path):
@@ -1128,7 +1190,8 @@ def test_temporary_file_never_opens_a_planted_name(tmp_path, monkeypatch):
     victim, before = _victim(tmp_path)
     names = iter(["aaaaaaaaaaaa", "bbbbbbbbbbbb"])
     monkeypatch.setattr(locked_json_file.secrets, "token_hex", lambda n: next(names))
-    planted = tmp_path / ".c.json.aaaaaaaaaaaa.tmp"
+    monkeypatch.setattr(locked_json_file, "_temp_stamp", lambda: "6a000000")
+    planted = tmp_path / ".c.json.aaaaaaaaaaaa-6a000000.tmp"
     planted.symlink_to(victim)
     path = tmp_path / "c.json"
     LockedJsonFile(path).write({"a": 2})  # O_EXCL | O_NOFOLLOW: the planted name is skipped

@@ -7,7 +7,7 @@ finds the lock busy hands the wait to this thread. The thread blocks in
 the holder releases the lock or dies, and it then calls ``on_held`` (the
 chart posts itself the ``file_write`` event). No polling, no random delays.
 
-One thread per chart at most, started at the first busy lock and ended by
+One thread per chart at most, started with the chart (or at the first busy lock) and ended by
 :meth:`LockWaiter.stop`. A thread stopped while the kernel keeps it waiting
 (another process holds the lock) ends when it is woken: it then lets go of
 the lock at once and never calls ``on_held``.
@@ -54,14 +54,24 @@ class LockWaiter:
     def thread(self) -> threading.Thread | None:
         return self._thread
 
+    def start(self) -> None:
+        """Start the thread now (else the first :meth:`submit` starts it).
+
+        Hundreds of processes starting together all find the lock busy at
+        once; a thread started beforehand keeps its start-up out of that
+        rush.
+        """
+        with self._start_guard:
+            if not self._stopped and self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+
     def submit(self, token: Any) -> None:
         """Wait for the lock, then call ``on_held(token, None)``."""
+        self.start()
         with self._start_guard:
             if self._stopped:
                 return
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
         self._tokens.put(token)
 
     def stop(self, timeout: float = 0.1) -> None:

@@ -106,6 +106,22 @@ _TEMP_SUFFIX = ".tmp"
 _STALE_TEMP_AGE_SEC = 300.0
 
 
+def _temp_stamp() -> str:
+    """The creation time written into a temporary file's name (hex seconds)."""
+    return format(int(time.time()), "x")
+
+
+def _stamp_of(token: str) -> int | None:
+    """The creation time in a temporary file's name (``<random>-<stamp>``), if any."""
+    _, dash, stamp = token.rpartition("-")
+    if not dash:
+        return None
+    try:
+        return int(stamp, 16)
+    except ValueError:
+        return None
+
+
 class JsonFileContents(NamedTuple):
     """What :meth:`LockedJsonFile.read` returns."""
 
@@ -542,7 +558,9 @@ class LockedJsonFile:
         folder = os.path.dirname(self.path) or "."
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC
         for _ in range(100):
-            temp = os.path.join(folder, self._temp_prefix() + secrets.token_hex(6) + _TEMP_SUFFIX)
+            # the time in the name lets the sweep skip fresh files without a stat
+            token = secrets.token_hex(6) + "-" + _temp_stamp()
+            temp = os.path.join(folder, self._temp_prefix() + token + _TEMP_SUFFIX)
             try:
                 fd = os.open(temp, flags, 0o600)
                 break
@@ -576,7 +594,14 @@ class LockedJsonFile:
         return temp
 
     def _sweep_stale_temp_files(self) -> None:
-        """Delete temporary files left by writers that died mid-write."""
+        """Delete temporary files left by writers that died mid-write.
+
+        Hundreds of processes may start at once and each sweeps once: a name
+        whose time stamp is recent is skipped without a ``stat`` (the file
+        is another writer's, being written). Any other name (older, or not
+        ours) is removed only if it is a regular file not modified for
+        ``_STALE_TEMP_AGE_SEC``.
+        """
         folder = os.path.dirname(self.path) or "."
         prefix = self._temp_prefix()
         now = time.time()
@@ -587,6 +612,9 @@ class LockedJsonFile:
         for name in names:
             if not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)):
                 continue
+            stamp = _stamp_of(name[len(prefix) : -len(_TEMP_SUFFIX)])
+            if stamp is not None and abs(now - stamp) <= _STALE_TEMP_AGE_SEC:
+                continue  # recent (a clock set back makes far-future stamps look old)
             full = os.path.join(folder, name)
             with contextlib.suppress(OSError):
                 st = os.stat(full, follow_symlinks=False)
