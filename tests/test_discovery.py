@@ -748,6 +748,38 @@ def test_cold_start_three_nodes_find_each_other_by_scan(trio) -> None:
         assert "guest" not in json.dumps(cache)
 
 
+def test_the_lan_chart_subscribes_to_cache_before_it_asks(tmp_path, monkeypatch) -> None:
+    """The cache answers whoever is subscribed when it answers: ask only once subscribed."""
+    from miros_rabbitmq.cache import CacheFileChart
+    from miros_rabbitmq.discovery import lan_chart as lan_module
+
+    order: list[tuple[str, ...]] = []
+    subscribe_now = lan_module.subscribe_now
+    request_cache = lan_module.LanChart.request_cache
+
+    def recording_subscribe(chart: Any, *names: str) -> None:
+        order.append(("subscribe", *names))
+        subscribe_now(chart, *names)
+
+    def recording_request(chart: Any) -> None:
+        order.append(("ask",))
+        request_cache(chart)
+
+    monkeypatch.setattr(lan_module, "subscribe_now", recording_subscribe)
+    monkeypatch.setattr(lan_module.LanChart, "request_cache", recording_request)
+    path = tmp_path / "lan.json"
+    fresh = {"addresses": [], "amqp_urls": [], "time_out_in_minutes": 30}
+    cache = CacheFileChart(path, default_json=fresh)
+    chart = lan_module.LanChart(cache_file=path)
+    try:
+        wait_for(lambda: chart.cache_hits == 1, 5, message="the fresh cache taken")
+        assert order[0][0] == "subscribe" and "CACHE" in order[0]
+        assert ("ask",) in order and chart.scans == 0
+    finally:
+        chart.stop()
+        cache.stop()
+
+
 @pytest.mark.netns
 def test_warm_start_with_a_fresh_cache_does_not_scan(trio, lan_nodes) -> None:
     n1 = trio[0]

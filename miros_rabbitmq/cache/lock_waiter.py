@@ -7,10 +7,10 @@ finds the lock busy hands the wait to this thread. The thread blocks in
 the holder releases the lock or dies, and it then calls ``on_held`` (the
 chart posts itself the ``file_write`` event). No polling, no random delays.
 
-One thread per chart at most, started with the chart (or at the first busy lock) and ended by
-:meth:`LockWaiter.stop`. A thread stopped while the kernel keeps it waiting
-(another process holds the lock) ends when it is woken: it then lets go of
-the lock at once and never calls ``on_held``.
+One thread per chart at most, started with the chart (or else at the first
+busy lock) and ended by :meth:`LockWaiter.stop`. A thread stopped while the
+kernel keeps it waiting (another process holds the lock) ends when it is
+woken: it then lets go of the lock at once and never calls ``on_held``.
 """
 
 from __future__ import annotations

@@ -614,7 +614,9 @@ class LockedJsonFile:
                 continue
             stamp = _stamp_of(name[len(prefix) : -len(_TEMP_SUFFIX)])
             if stamp is not None and abs(now - stamp) <= _STALE_TEMP_AGE_SEC:
-                continue  # recent (a clock set back makes far-future stamps look old)
+                # recent: another writer's, being written. A stamp far in the
+                # future (the clock was set back) is judged by its mtime instead.
+                continue
             full = os.path.join(folder, name)
             with contextlib.suppress(OSError):
                 st = os.stat(full, follow_symlinks=False)

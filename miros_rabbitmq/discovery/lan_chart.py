@@ -174,8 +174,12 @@ class LanChart(ActiveObject):
         self.cache_hits = 0
         self.scans = 0
         self.last_addresses: list[str] = []
-        self.start_at(read_lan_cache)
+        # Subscribed before start_at: its first state asks the cache at once,
+        # and the CacheFileChart hands its answer to whoever is subscribed
+        # by then (an answer to a chart not yet subscribed is lost, and the
+        # chart would scan after CACHE_ANSWER_TIMEOUT_SEC).
         subscribe_now(self, *("CACHE", "LAN_RECCE_COMPLETE"))
+        self.start_at(read_lan_cache)
 
     # ------------------------------------------------------------------ actions
     def request_cache(self) -> None:
