@@ -105,20 +105,22 @@ def subscribe_now(chart: Any, *signal_names: str) -> None:
         chart._subscribe(Event(signal=name), "fifo")
 
 
-def deliver(chart: Any, event: Event, priority: int = 1000) -> None:
+def deliver(chart: Any, event: Event) -> None:
     """``chart.publish(event)``, handed to the subscribers from the caller's thread.
 
     The fabric's ``publish`` wakes both of its threads (FIFO and LIFO), each
     of which then appends the event to every subscribed queue: two thread
     wake-ups per event, and with hundreds of processes on a few cores each
     wake-up waits in a long run queue. Appending to the subscribed queues
-    here does the same work at once. The spy gets the line ``publish``
-    writes. Subscribers are the fabric's, so a chart that subscribes later
-    gets later events, as with ``publish``.
+    here does the same work at once (the fabric's priorities only order
+    its own queue, so there is none to give). The spy gets the line
+    ``publish`` writes at its default priority. Subscribers are the
+    fabric's, so a chart that subscribes later gets later events, as with
+    ``publish``.
     """
     if not chart.instrumented:
         return  # what publish does on an uninstrumented chart
-    chart.scribble(f"PUBLISH:({event.signal_name}, PRIORITY:{priority})")
+    chart.scribble(f"PUBLISH:({event.signal_name}, PRIORITY:1000)")
     fabric = chart.fabric
     name = event.signal_name
     # lists copied: another thread may subscribe meanwhile

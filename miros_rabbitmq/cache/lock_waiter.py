@@ -69,10 +69,8 @@ class LockWaiter:
     def submit(self, token: Any) -> None:
         """Wait for the lock, then call ``on_held(token, None)``."""
         self.start()
-        with self._start_guard:
-            if self._stopped:
-                return
-        self._tokens.put(token)
+        if not self._stopped:
+            self._tokens.put(token)
 
     def stop(self, timeout: float = 0.1) -> None:
         """End the thread; waits up to ``timeout`` s (it may still be in the kernel's queue)."""
